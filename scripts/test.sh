@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Run every check: lint, format, types, then the tests. `--slow` runs the slow tests too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+ruff check dp4tl_data plugins tests benchmarks examples
+ruff format --check dp4tl_data plugins tests benchmarks examples
+mypy dp4tl_data plugins
+if [ "${1:-}" = "--slow" ]; then
+    shift
+    exec python -m pytest -q -m "slow or not slow" "$@"
+fi
+exec python -m pytest -q "$@"
