@@ -18,6 +18,7 @@ from ..errors import Dp4tlError
 # command name -> "module:attribute"; a later issue adds its command here, nothing else
 COMMANDS: dict[str, str] = {
     "demo": "dp4tl_data.cli.demo:demo",
+    "index": "dp4tl_data.cli.index:index",
     "inspect": "dp4tl_data.cli.inspect:inspect",
 }
 
