@@ -52,7 +52,12 @@ def kmeans(
     if not 1 <= k <= len(xs):
         raise PrunerError(f"k-means: k={k} clusters for {len(xs)} points")
     km = faiss.Kmeans(  # type: ignore[attr-defined]
-        xs.shape[1], k, niter=niter, seed=seed, verbose=False, spherical=spherical,
+        xs.shape[1],
+        k,
+        niter=niter,
+        seed=seed,
+        verbose=False,
+        spherical=spherical,
         max_points_per_centroid=max_points_per_centroid,
     )
     km.train(xs)

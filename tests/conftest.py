@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks.shardgen
 
 from servers import CountingServer, serve  # noqa: E402
 

@@ -14,8 +14,14 @@ from ..registry import get_registry
 @click.option("--root", default=None, help="Dataset root that shard names are relative to (default: common prefix).")
 @click.option("--workers", type=int, default=None, help="Parallel scanners (default: CPU count).")
 @click.option("--format", "fmt", default=None, help="Force an indexer by name (see `dp4tl index --help`).")
-def index(source: tuple[str, ...], output: str, label_field: str | None, root: str | None,
-          workers: int | None, fmt: str | None) -> None:
+def index(
+    source: tuple[str, ...],
+    output: str,
+    label_field: str | None,
+    root: str | None,
+    workers: int | None,
+    fmt: str | None,
+) -> None:
     """Index SOURCE (shard files, globs, brace patterns, fsspec URLs, or a dataset spec).
 
     The index lists every shard with its sample count and every sample with its key, label and
@@ -32,5 +38,7 @@ def index(source: tuple[str, ...], output: str, label_field: str | None, root: s
         indexer = reg.indexer_for(spec)
     idx = indexer.build(spec, label_field=label_field, root=root, workers=workers)
     idx.save(output)
-    click.echo(f"indexed {len(idx.shard_names)} shards, {idx.num_samples} samples -> {output} "
-               f"(fingerprint {idx.fingerprint[:16]})")
+    click.echo(
+        f"indexed {len(idx.shard_names)} shards, {idx.num_samples} samples -> {output} "
+        f"(fingerprint {idx.fingerprint[:16]})"
+    )

@@ -24,9 +24,18 @@ def summary(keep: KeepList, shards: int = 0) -> dict[str, Any]:
 @click.argument("keeplist")
 @json_option
 @click.option("--shards", "nshards", type=int, default=0, show_default=True, help="Also list the first N shards.")
-def inspect(keeplist: str, as_json: bool, nshards: int) -> None:
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write a PNG: the vote histogram with kept classes marked (lists with vote scores), "
+    "else the kept fraction per shard (shard-level lists).",
+)
+def inspect(keeplist: str, as_json: bool, nshards: int, plot: str | None) -> None:
     """Summarise KEEPLIST (a path or fsspec URL): levels, counts, kept fraction, provenance."""
     keep = KeepList.load(keeplist)
+    if plot is not None:
+        _plot(keep, plot)
     data = summary(keep, nshards)
     if as_json:
         echo_json(data)
@@ -61,3 +70,17 @@ def inspect(keeplist: str, as_json: bool, nshards: int) -> None:
     for row in data.get("shards", []):
         frac = f"{row['fraction']:.1%}" if row["fraction"] is not None else "-"
         click.echo(f"  {row['shard']}  {row['encoding']}  kept={row['kept']}  total={row['total']}  {frac}")
+
+
+def _plot(keep: KeepList, path: str) -> None:
+    if keep.scores:
+        from ..pruners.plots import plot_votes
+
+        plot_votes(keep, path)
+    elif keep.shards is not None:
+        from ..scale import plot_shard_fractions
+
+        plot_shard_fractions(keep, path)
+    else:
+        raise click.ClickException("nothing to plot: the keep-list has neither vote scores nor a shard level")
+    click.echo(f"plot written to {path}", err=True)
