@@ -141,7 +141,8 @@ class PrunedIterable:
             shard = self.shard_fn(sample) if self.shard_fn else None
             if not flt(sample, shard=shard):
                 continue
-            per_shard[shard] += 1
+            if shard is not None:
+                per_shard[shard] += 1
             if len(head) < ranks:
                 head.append(sample)
             r, j = g % ranks, g // ranks

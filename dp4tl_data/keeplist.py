@@ -122,6 +122,8 @@ class ClassLevel:
         names = self.name_set
 
         def keeps(label: object) -> bool:
+            if type(label) is int:
+                return label in ids
             if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
                 return int(label) in ids
             if isinstance(label, str):
@@ -604,7 +606,8 @@ class KeepList:
                 keys = index.keys(name)
                 samples[name] = [keys[i] for i in np.flatnonzero(m)]
             out = KeepList.from_samples(samples, totals={n: len(m) for n, m in masks.items()}, **prov)
-        out.classes = self.classes
+        if self.classes is not None:  # already applied to the samples; kept as provenance only
+            out.provenance["resolved_classes"] = self.classes.to_json()
         out.scores = self.scores
         return out
 

@@ -21,6 +21,8 @@ ON_ERROR = ("raise", "skip")
 
 def label_value(value: Any) -> Any:
     """A label as int or str: tensors and numpy scalars become ints, ``.cls`` bytes are decoded."""
+    if type(value) is int or type(value) is str:
+        return value
     if hasattr(value, "item") and callable(value.item):
         value = value.item()
     if isinstance(value, (bytes, bytearray)):
@@ -75,7 +77,7 @@ class SampleFilter:
     def key_of(self, sample: Any) -> str | None:
         if self.key_fn is not None:
             return self.key_fn(sample)
-        if isinstance(sample, Mapping):
+        if type(sample) is dict or isinstance(sample, Mapping):
             k = sample.get(self.key_field)
             return str(k) if k is not None else None
         return None
@@ -91,10 +93,9 @@ class SampleFilter:
     ) -> bool:
         """Whether the sample is kept; raises SampleError (or counts a skip) on a missing label."""
         self.stats.seen += 1
-        where = f"shard {shard!r} key {key!r}" if shard else f"key {key!r}"
         if self.keep.shards is not None:
             if shard is None:
-                if not self._key_anywhere(key, where):
+                if not self._key_anywhere(key, _where(shard, key)):
                     self.stats.drop("sample")
                     return False
             else:
@@ -103,17 +104,19 @@ class SampleFilter:
                     self.stats.drop("shard")
                     return False
                 if entry.encoding == "keys" and key is None:
-                    return self._error("no key", SampleError(f"{where}: sample has no {self.key_field!r}"))
+                    return self._error("no key", SampleError(f"{_where(shard, key)}: sample has no {self.key_field!r}"))
                 if not entry.contains(key, position):
                     self.stats.drop("sample")
                     return False
         if self._keeps_label is not None:
             if not has_label or label is None:
-                return self._error("no label", SampleError(f"{where}: no label field {self.label_field!r}"))
+                return self._error(
+                    "no label", SampleError(f"{_where(shard, key)}: no label field {self.label_field!r}")
+                )
             try:
                 kept = self._keeps_label(label_value(label))
             except Dp4tlError as exc:
-                return self._error("bad label", SampleError(f"{where}: {exc}"))
+                return self._error("bad label", SampleError(f"{_where(shard, key)}: {exc}"))
             if not kept:
                 self.stats.drop("class")
                 return False
@@ -123,14 +126,17 @@ class SampleFilter:
     def __call__(self, sample: Any, shard: str | None = None, position: int | None = None) -> bool:
         """`decide` for a whole sample dict (or any object, with label_fn / key_fn)."""
         key = self.key_of(sample)
-        label, has_label = None, True
+        label = None
         if self._keeps_label is not None:
-            try:
-                label = self.label_of(sample, f"shard {shard!r} key {key!r}" if shard else f"key {key!r}")
-            except SampleError as exc:
-                self.stats.seen += 1
-                return self._error("no label", exc)
-        return self.decide(shard=shard, key=key, position=position, label=label, has_label=has_label)
+            if self.label_fn is None and type(sample) is dict and self.label_field in sample:
+                label = sample[self.label_field]  # the fast path of label_of
+            else:
+                try:
+                    label = self.label_of(sample, _where(shard, key))
+                except SampleError as exc:
+                    self.stats.seen += 1
+                    return self._error("no label", exc)
+        return self.decide(shard=shard, key=key, position=position, label=label)
 
     def _key_anywhere(self, key: str | None, where: str) -> bool:
         if self._all_keys is None:
@@ -151,3 +157,7 @@ class SampleFilter:
         self.stats.skip(reason)
         log.warning("skipped: %s", exc)
         return False
+
+
+def _where(shard: str | None, key: str | None) -> str:
+    return f"shard {shard!r} key {key!r}" if shard else f"key {key!r}"
