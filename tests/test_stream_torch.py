@@ -233,3 +233,62 @@ def test_foreign_keep_list_is_refused_unless_allowed():
 def test_keep_list_url_is_accepted(tmp_path):
     KEEP.save(str(tmp_path / "keep.json"))
     assert len(PrunedStream(Items(), str(tmp_path / "keep.json"))) == len(EXPECTED)
+
+
+@pytest.mark.parametrize("workers", [0, 2, 4])
+def test_dataloader_over_an_iterable_dataset(workers):
+    loader = DataLoader(Stream(), batch_size=6, num_workers=workers)
+    pruned = PrunedStream(loader, KEEP)
+    assert pruned.batch_size == 6 and pruned.num_workers == workers
+    assert Counter(keys_of(pruned)) == Counter(EXPECTED)
+
+
+@pytest.mark.parametrize("workers", [0, 2, 4])
+def test_plain_list_in_a_dataloader_with_workers(workers):
+    samples = [{"__key__": f"k{i:04d}", "label": label_of(i)} for i in range(N)]
+    loader = DataLoader(PrunedStream(samples, KEEP), batch_size=7, num_workers=workers)
+    assert Counter(keys_of(loader)) == Counter(EXPECTED)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """A real torchvision ImageFolder of PNG files: 3 classes x 5 images."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "train"
+    for c in ("n01", "n02", "n03"):
+        (root / c).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(np.full((4, 4, 3), i * 40, dtype=np.uint8)).save(root / c / f"img{i}.v1.png")
+    return root
+
+
+def test_image_folder_by_synset_names_and_by_keys(image_folder, monkeypatch):
+    from torchvision.datasets import ImageFolder
+
+    loads = []
+    ds = ImageFolder(str(image_folder))
+    monkeypatch.setattr(ds, "loader", lambda p: loads.append(p))
+    by_name = PrunedStream(ds, KeepList.from_classes(["n03", "n01"], label_field="label"))
+    assert sorted(set(by_name.targets)) == [ds.class_to_idx["n01"], ds.class_to_idx["n03"]]
+    assert len(by_name) == 10 and loads == []  # no image opened to prune
+    keep = KeepList.from_samples({"train": ["n02/img1", "n03/img4"]})  # keys: path up to the first dot
+    by_key = PrunedStream(ds, keep)
+    assert [ds.samples[int(i)][0].rsplit("/", 2)[-2:] for i in by_key.indices] == [
+        ["n02", "img1.v1.png"],
+        ["n03", "img4.v1.png"],
+    ]
+
+
+def test_map_dataset_without_labels_is_a_clear_error():
+    class NoLabels(Dataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return i
+
+    with pytest.raises(SampleError, match="NoLabels has no 'targets' or 'labels'; pass label_fn="):
+        PrunedStream(NoLabels(), KEEP)
+    assert len(PrunedStream(NoLabels(), KEEP, label_fn=lambda i: 4 if i == 1 else 0)) == 1
