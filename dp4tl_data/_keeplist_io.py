@@ -48,46 +48,91 @@ def _sibling(url: str, name: str) -> str:
 
 
 def save_keeplist(keep: KeepList, url: str, **storage_options: Any) -> str:
+    shards = None
+    if keep.shards is not None:
+        table = ShardTableWriter(url, **storage_options)
+        for name in sorted(keep.shards):
+            e = keep.shards[name]
+            table.add(name, e.encoding, e.kept, e.total, compress(e.payload()) if e.encoding != "all" else b"")
+        shards = table.finish()
+    classes = keep.classes.to_json() if keep.classes is not None else None
+    return write_manifest(url, keep.fingerprint, classes, shards, keep.provenance, keep.scores, **storage_options)
+
+
+_TABLE_SCHEMA = pa.schema(
+    [
+        ("name", pa.string()),
+        ("encoding", pa.string()),
+        ("kept", pa.int64()),
+        ("total", pa.int64()),
+        ("offset", pa.int64()),
+        ("length", pa.int64()),
+        ("crc32", pa.uint32()),
+    ]
+)
+
+
+class ShardTableWriter:
+    """Writes the payload file of keep-list `url` one shard at a time, then its shard table.
+
+    Holds one table row per shard, never a payload: shards may come in any order (the table is
+    sorted by name on `finish`), which lets a streaming writer add them as they are computed.
+    """
+
+    def __init__(self, url: str, **storage_options: Any) -> None:
+        self.url, self._so = url, storage_options
+        self.table_name, self.payload_name = _sidecar(url, ".shards.parquet"), _sidecar(url, ".samples.bin")
+        self._cols: dict[str, list[Any]] = {c: [] for c in _TABLE_COLUMNS}
+        self._offset = 0
+        self._out = fsspec.open(_sibling(url, self.payload_name), "wb", **storage_options).open()
+
+    def add(self, name: str, encoding: str, kept: int | None, total: int | None, blob: bytes) -> None:
+        """Append one shard's compressed payload (``b""`` for ``all``) and its row."""
+        self._out.write(blob)
+        for c, v in (
+            ("name", name),
+            ("encoding", encoding),
+            ("kept", -1 if kept is None else kept),
+            ("total", -1 if total is None else total),
+            ("offset", self._offset),
+            ("length", len(blob)),
+            ("crc32", zlib.crc32(blob)),
+        ):
+            self._cols[c].append(v)
+        self._offset += len(blob)
+
+    def finish(self) -> dict[str, Any]:
+        """Close the payload, write the table sorted by name; returns the manifest's ``shards``."""
+        self._out.close()
+        table = pa.table(self._cols, schema=_TABLE_SCHEMA).sort_by("name")
+        with fsspec.open(_sibling(self.url, self.table_name), "wb", **self._so) as out:
+            pq.write_table(table, out)
+        return {"table": self.table_name, "payload": self.payload_name, "count": table.num_rows}
+
+    def abort(self) -> None:
+        """Close the payload file without writing a table (no manifest will point at it)."""
+        self._out.close()
+
+
+def write_manifest(
+    url: str,
+    fingerprint: str,
+    classes: dict[str, Any] | None,
+    shards: dict[str, Any] | None,
+    provenance: dict[str, Any],
+    scores: dict[str, Any] | None,
+    **storage_options: Any,
+) -> str:
+    """Write the JSON manifest last (readers see a keep-list only once it is complete)."""
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
-        "fingerprint": keep.fingerprint,
-        "classes": keep.classes.to_json() if keep.classes is not None else None,
-        "shards": None,
-        "provenance": keep.provenance,
-        "scores": keep.scores,
+        "fingerprint": fingerprint,
+        "classes": classes,
+        "shards": shards,
+        "provenance": provenance,
+        "scores": scores,
     }
-    if keep.shards is not None:
-        table_name, payload_name = _sidecar(url, ".shards.parquet"), _sidecar(url, ".samples.bin")
-        cols: dict[str, list[Any]] = {c: [] for c in _TABLE_COLUMNS}
-        offset = 0
-        with fsspec.open(_sibling(url, payload_name), "wb", **storage_options) as out:
-            for name in sorted(keep.shards):
-                e = keep.shards[name]
-                blob = compress(e.payload()) if e.encoding != "all" else b""
-                out.write(blob)
-                cols["name"].append(name)
-                cols["encoding"].append(e.encoding)
-                cols["kept"].append(-1 if e.kept is None else e.kept)
-                cols["total"].append(-1 if e.total is None else e.total)
-                cols["offset"].append(offset)
-                cols["length"].append(len(blob))
-                cols["crc32"].append(zlib.crc32(blob))
-                offset += len(blob)
-        schema = pa.schema(
-            [
-                ("name", pa.string()),
-                ("encoding", pa.string()),
-                ("kept", pa.int64()),
-                ("total", pa.int64()),
-                ("offset", pa.int64()),
-                ("length", pa.int64()),
-                ("crc32", pa.uint32()),
-            ]
-        )
-        with fsspec.open(_sibling(url, table_name), "wb", **storage_options) as out:
-            pq.write_table(pa.table(cols, schema=schema), out)
-        manifest["shards"] = {"table": table_name, "payload": payload_name, "count": len(keep.shards)}
     try:
         text = json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
