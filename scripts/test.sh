@@ -4,8 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
-ruff check dp4tl_data plugins tests benchmarks examples
-ruff format --check dp4tl_data plugins tests benchmarks examples
+paths=$(ls -d dp4tl_data plugins tests benchmarks examples 2>/dev/null)
+ruff check $paths
+ruff format --check $paths
 mypy dp4tl_data plugins
 if [ "${1:-}" = "--slow" ]; then
     shift
