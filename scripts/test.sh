@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
-paths=$(ls -d dp4tl_data plugins tests benchmarks examples 2>/dev/null)
+paths=$(ls -d dp4tl_data plugins tests benchmarks examples 2>/dev/null || true)
 ruff check $paths
 ruff format --check $paths
 mypy dp4tl_data plugins
