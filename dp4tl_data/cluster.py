@@ -2,15 +2,23 @@
 
 Shared by feature mapping (FM) and the LAION-scale pipeline. Inputs are validated: NaN or
 inf features and dimension mismatches are errors that say where.
+
+k-means starts from k-means++ seeds drawn on a subsample (so well separated groups are not
+merged by an unlucky random start), then runs faiss's Lloyd iterations on at most
+`max_points_per_centroid` x k training points; assignment of every row is exact (flat L2).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import PrunerError, require
+
+log = logging.getLogger(__name__)
+INITS = ("k-means++", "random")
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,24 @@ def check_features(x: np.ndarray, what: str, dim: int | None = None) -> np.ndarr
     return arr
 
 
+def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeds: each next centre drawn with probability proportional to the squared
+    distance to the nearest centre chosen so far (Arthur & Vassilvitskii, 2007)."""
+    n, d = x.shape
+    centres = np.empty((k, d), dtype=np.float32)
+    x2 = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+    j = int(rng.integers(n))
+    centres[0] = x[j]
+    d2 = np.maximum(x2 - 2.0 * (x @ x[j]).astype(np.float64) + x2[j], 0.0)
+    for i in range(1, k):
+        cum = np.cumsum(d2)
+        total = float(cum[-1])
+        j = int(rng.integers(n)) if total <= 0 else int(min(np.searchsorted(cum, rng.random() * total), n - 1))
+        centres[i] = x[j]
+        np.minimum(d2, np.maximum(x2 - 2.0 * (x @ x[j]).astype(np.float64) + x2[j], 0.0), out=d2)
+    return centres
+
+
 def kmeans(
     x: np.ndarray,
     k: int,
@@ -44,13 +70,21 @@ def kmeans(
     seed: int = 0,
     max_points_per_centroid: int = 256,
     spherical: bool = False,
+    init: str = "k-means++",
+    init_points_per_centroid: int = 8,
 ) -> KMeansResult:
-    """k-means of the rows of `x` into `k` clusters (faiss; subsamples to
-    `max_points_per_centroid` x k points for training, like faiss does by default)."""
+    """k-means of the rows of `x` into `k` clusters (faiss; trains on at most
+    `max_points_per_centroid` x k rows, like faiss does by default).
+
+    `init="k-means++"` seeds the centroids by k-means++ on a random subsample of
+    `init_points_per_centroid` x k rows; ``"random"`` is faiss's own random pick."""
     faiss = require("faiss", "pruners")
     xs = check_features(x, "k-means input")
     if not 1 <= k <= len(xs):
         raise PrunerError(f"k-means: k={k} clusters for {len(xs)} points")
+    if init not in INITS:
+        raise PrunerError(f"k-means: init must be one of {INITS}, found {init!r}")
+    rng = np.random.default_rng(seed)
     km = faiss.Kmeans(  # type: ignore[attr-defined]
         xs.shape[1],
         k,
@@ -59,8 +93,19 @@ def kmeans(
         verbose=False,
         spherical=spherical,
         max_points_per_centroid=max_points_per_centroid,
+        min_points_per_centroid=1,  # faiss would print to stderr; we log instead
     )
-    km.train(xs)
+    if len(xs) < 39 * k:
+        log.info("k-means: %d points for %d clusters (faiss suggests at least %d)", len(xs), k, 39 * k)
+    train = xs
+    if len(xs) > max_points_per_centroid * k:  # subsample ourselves: one seeded draw, no faiss warning
+        train = xs[np.sort(rng.choice(len(xs), max_points_per_centroid * k, replace=False))]
+    init_centroids = None
+    if init == "k-means++" and k > 1:
+        m = min(len(train), max(init_points_per_centroid * k, 2 * k))
+        sample = train if m == len(train) else train[rng.choice(len(train), m, replace=False)]
+        init_centroids = kmeans_plusplus(sample, k, rng)
+    km.train(train, init_centroids=init_centroids)
     inertia = float(km.obj[-1]) if len(km.obj) else float("nan")
     return KMeansResult(np.ascontiguousarray(km.centroids, dtype=np.float32), inertia, niter)
 

@@ -1,0 +1,149 @@
+"""Vote counting: each target sample votes for the source class its surrogate output maps onto.
+
+Hard votes count argmax predictions (the paper's default); soft votes sum softmax
+probabilities. Rankings are deterministic: hard votes, then summed softmax, then class id
+(ascending), so the many zero-vote classes a small target leaves are ordered by how close
+the target came to them, never arbitrarily. One count serves every keep budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import PrunerError
+
+MODES = ("hard", "soft")
+TIE_BREAK = {
+    "hard": "hard votes, then summed softmax, then class id",
+    "soft": "summed softmax, then hard votes, then class id",
+}
+
+
+@dataclass(frozen=True)
+class Votes:
+    """Per-class votes of one target: hard counts, summed softmax, and the number of voters."""
+
+    hard: np.ndarray
+    soft: np.ndarray
+    n: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.hard)
+
+    def ranking(self, mode: str = "hard") -> np.ndarray:
+        """Class ids, most voted first, ties broken deterministically (see `TIE_BREAK`)."""
+        ids = np.arange(self.num_classes)
+        if mode == "hard":
+            return np.lexsort((ids, -self.soft, -self.hard))
+        if mode == "soft":
+            return np.lexsort((ids, -self.hard, -self.soft))
+        raise PrunerError(f"vote mode must be one of {MODES}, found {mode!r}")
+
+    def top(self, k: int, mode: str = "hard") -> np.ndarray:
+        """The `k` most voted classes."""
+        return self.ranking(mode)[:k]
+
+    def bottom(self, k: int, mode: str = "hard") -> np.ndarray:
+        """The `k` least voted classes: the exact reverse of the ranking (reverse LM)."""
+        return self.ranking(mode)[::-1][:k]
+
+    def scores(self, mode: str = "hard") -> np.ndarray:
+        if mode not in MODES:
+            raise PrunerError(f"vote mode must be one of {MODES}, found {mode!r}")
+        return (self.hard if mode == "hard" else self.soft).astype(np.float64)
+
+    def normalised(self) -> Votes:
+        """Votes per voter (each vector sums to 1), so targets of different sizes weigh the same."""
+        if self.n == 0:
+            raise PrunerError("cannot normalise the votes of an empty target")
+        return Votes(self.hard / self.n, self.soft / self.n, 1)
+
+    def __add__(self, other: Votes) -> Votes:
+        if other.num_classes != self.num_classes:
+            raise PrunerError(f"cannot add votes over {self.num_classes} and {other.num_classes} classes")
+        return Votes(self.hard + other.hard, self.soft + other.soft, self.n + other.n)
+
+    def to_json(self, names: Iterable[str] | None = None, mode: str = "hard") -> dict[str, Any]:
+        """Plain-JSON scores for a KeepList: votes, soft sums, voters, order, names."""
+        out: dict[str, Any] = {
+            "kind": f"votes-{mode}",
+            "votes": [float(v) for v in self.scores(mode)],
+            "hard": [float(v) for v in self.hard],
+            "soft": [round(float(v), 6) for v in self.soft],
+            "voters": int(self.n),
+            "order": TIE_BREAK[mode],
+        }
+        if names is not None:
+            out["names"] = list(names)
+        return out
+
+
+class VoteCounter:
+    """Accumulates votes over batches of surrogate outputs (logits) or of predictions."""
+
+    def __init__(self, num_classes: int, *, where: str = "target") -> None:
+        if num_classes < 1:
+            raise PrunerError(f"{where}: vote counting needs at least one class, found {num_classes}")
+        self.num_classes = num_classes
+        self.where = where
+        self.hard = np.zeros(num_classes, dtype=np.int64)
+        self.soft = np.zeros(num_classes, dtype=np.float64)
+        self.n = 0
+
+    def add_logits(self, logits: Any, *, temperature: float = 1.0) -> None:
+        """Count a batch of outputs (n x C, numpy or torch): argmax votes and softmax sums."""
+        import torch
+
+        x = logits if isinstance(logits, torch.Tensor) else torch.from_numpy(np.asarray(logits))
+        x = x.detach()
+        if x.ndim != 2:
+            raise PrunerError(f"{self.where}: model outputs must be 2-D (n x classes), found shape {tuple(x.shape)}")
+        if x.shape[1] != self.num_classes:
+            raise PrunerError(
+                f"{self.where}: the model outputs {x.shape[1]} classes but the source has {self.num_classes}"
+            )
+        if len(x) == 0:
+            return
+        x = x.float()
+        if not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x).all(dim=1)).nonzero()[0, 0])
+            raise PrunerError(f"{self.where}: model outputs hold NaN or inf (first at row {self.n + bad})")
+        pred = x.argmax(dim=1).cpu().numpy()
+        probs = torch.softmax(x / temperature, dim=1).sum(dim=0, dtype=torch.float64).cpu().numpy()
+        self.add_predictions(pred, probs)
+
+    def add_predictions(self, predictions: Any, prob_sums: np.ndarray | None = None) -> None:
+        """Count hard predictions (class ids); `prob_sums` adds to the soft votes."""
+        pred = np.asarray(predictions)
+        if pred.ndim != 1 or (pred.size and pred.dtype.kind not in "iu"):
+            raise PrunerError(f"{self.where}: predictions must be a 1-D array of class ids")
+        if pred.size:
+            lo, hi = int(pred.min()), int(pred.max())
+            if lo < 0 or hi >= self.num_classes:
+                raise PrunerError(f"{self.where}: prediction {hi if hi >= self.num_classes else lo} is not a class id")
+            self.hard += np.bincount(pred, minlength=self.num_classes)
+        if prob_sums is not None:
+            p = np.asarray(prob_sums, dtype=np.float64)
+            if p.shape != (self.num_classes,):
+                raise PrunerError(f"{self.where}: soft votes of shape {p.shape}, expected ({self.num_classes},)")
+            self.soft += p
+        self.n += int(pred.size)
+
+    def votes(self) -> Votes:
+        """The votes so far; raises PrunerError when the target had no samples."""
+        if self.n == 0:
+            raise PrunerError(f"{self.where}: the target has no samples, nothing voted")
+        return Votes(self.hard.copy(), self.soft.copy(), self.n)
+
+
+def count_votes(batches: Iterable[Any], num_classes: int, *, where: str = "target") -> Votes:
+    """Votes of every batch of logits in `batches`."""
+    counter = VoteCounter(num_classes, where=where)
+    for b in batches:
+        counter.add_logits(b)
+    return counter.votes()
