@@ -51,7 +51,7 @@ class KeepListWriter:
     ) -> None:
         self.url = url
         self._so = dict(storage_options or {})
-        self._prov = dict(provenance or {})
+        self.provenance = dict(provenance or {})
         self._scores = scores
         self._table = ShardTableWriter(url, **self._so)
         self._rows: list[tuple[str, str, int | None, bytes]] = []
@@ -116,7 +116,7 @@ class KeepListWriter:
             return self.url
         shards = self._table.finish()
         self._closed = True
-        prov: dict[str, Any] = {"num_shards": self.shards_seen, "num_samples": self.samples_seen, **self._prov}
+        prov: dict[str, Any] = {"num_shards": self.shards_seen, "num_samples": self.samples_seen, **self.provenance}
         prov["samples_kept"] = self.samples_kept
         provenance = KeepList(provenance=prov).provenance
         return write_manifest(self.url, self.fingerprint, None, shards, provenance, self._scores, **self._so)
@@ -159,22 +159,6 @@ def select_clusters(votes: np.ndarray, *, min_votes: int = 1, top: int | None = 
     if top is not None:
         ids = ids[np.argsort(-votes[ids], kind="stable")[:top]]
     return np.sort(ids)
-
-
-def write_cluster_keeplist(
-    url: str,
-    assignments: Iterable[tuple[str, np.ndarray]],
-    kept_clusters: np.ndarray,
-    *,
-    provenance: Mapping[str, Any] | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-) -> str:
-    """Stream ``(shard, cluster id per sample)`` into a bitmap keep-list of the kept clusters."""
-    kept = np.asarray(kept_clusters, dtype=np.int64)
-    with KeepListWriter(url, provenance=provenance, storage_options=storage_options) as w:
-        for name, ids in assignments:
-            w.add_mask(name, np.isin(ids, kept))
-    return url
 
 
 # --------------------------------------------------------------------------- shard-level policies

@@ -13,10 +13,9 @@ Everything goes through fsspec; nothing is unpickled (``np.load(allow_pickle=Fal
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,11 +172,3 @@ def _numbered(urls: list[str], pattern: re.Pattern[str]) -> dict[int, str]:
                 raise ShardError(f"{u}: part {n} appears twice ({out[n]})")
             out[n] = u
     return out
-
-
-def source_fingerprint(digests: Iterable[tuple[str, bytes]]) -> str:
-    """The source fingerprint from ``(shard name, part digest)`` pairs (SourceIndex's definition)."""
-    h = hashlib.sha256()
-    for _, d in sorted(digests):
-        h.update(d)
-    return h.hexdigest()

@@ -9,10 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dp4tl_data.plugins.laion_emb import list_parts, source_fingerprint
+from dp4tl_data.plugins.laion_emb import list_parts
 from dp4tl_data.plugins.laion_i2d import list_shards
 
 from benchmarks.laiongen import write_laion
+from dp4tl_data.distributed import source_fingerprint
 from dp4tl_data.errors import ShardError
 from dp4tl_data.index import IndexedShard, SourceIndex, shard_samples_table
 

@@ -18,7 +18,6 @@ from dp4tl_data.scale import (
     select_clusters,
     shard_tradeoff,
     vote_clusters,
-    write_cluster_keeplist,
 )
 
 
@@ -140,19 +139,6 @@ def test_votes_find_the_planted_clusters(sim):
         vote_clusters(np.vstack([target, np.full((1, 16), np.nan, np.float32)]), sim.centers)
     with pytest.raises(PrunerError, match="dimension 8 differs"):
         vote_clusters(target[:, :8], sim.centers)
-
-
-def test_cluster_keeplist_is_the_planted_answer(sim, tmp_path):
-    url = write_cluster_keeplist(str(tmp_path / "k.json"), sim.planted.items(), np.array([1, 4]))
-    keep = KeepList.load(url)
-    truth = sim.masks({1, 4})
-    for name, m in truth.items():
-        if m.any():
-            kept_keys = {sim.keys[name][i] for i in np.flatnonzero(keep.shards[name].mask())}
-            assert kept_keys == {sim.keys[name][i] for i in np.flatnonzero(m)}
-        else:
-            assert not keep.keeps_shard(name)
-    assert keep.stats()["samples_kept"] == sum(int(m.sum()) for m in truth.values())
 
 
 def _three_shards(tmp_path):
