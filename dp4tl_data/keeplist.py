@@ -611,8 +611,10 @@ class KeepList:
         out.scores = self.scores
         return out
 
-    def masks(self, index: Any, *, dataset_classes: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Per shard of `index`, the boolean mask of kept samples in index order."""
+    def masks(
+        self, index: Any, *, dataset_classes: Sequence[str] | None = None, names: Iterable[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Per shard of `index` (or of its shards `names` only), the boolean mask of kept samples in index order."""
         classes = dataset_classes if dataset_classes is not None else index.classes
         keep_ids: frozenset[int] | None = None
         if self.classes is not None:
@@ -622,7 +624,7 @@ class KeepList:
                 )
             keep_ids = self.classes.resolve(classes) if classes is not None else self.classes.id_set
         out: dict[str, np.ndarray] = {}
-        for name in index.shard_names:
+        for name in index.shard_names if names is None else names:
             if not self.keeps_shard(name):
                 continue
             n = index.count(name)

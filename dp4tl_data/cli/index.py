@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+
 import click
+import fsspec
 
 from ..registry import get_registry
 
@@ -14,6 +17,9 @@ from ..registry import get_registry
 @click.option("--root", default=None, help="Dataset root that shard names are relative to (default: common prefix).")
 @click.option("--workers", type=int, default=None, help="Parallel scanners (default: CPU count).")
 @click.option("--format", "fmt", default=None, help="Force an indexer by name (see `dp4tl index --help`).")
+@click.option(
+    "--reuse/--no-reuse", default=True, show_default=True, help="Take unchanged shards from an existing OUTPUT."
+)
 def index(
     source: tuple[str, ...],
     output: str,
@@ -21,6 +27,7 @@ def index(
     root: str | None,
     workers: int | None,
     fmt: str | None,
+    reuse: bool,
 ) -> None:
     """Index SOURCE (shard files, globs, brace patterns, fsspec URLs, or a dataset spec).
 
@@ -36,9 +43,17 @@ def index(
         indexer = matches[0]
     else:
         indexer = reg.indexer_for(spec)
-    idx = indexer.build(spec, label_field=label_field, root=root, workers=workers)
+    extra = {}
+    if reuse and "previous" in inspect.signature(indexer.build).parameters and _exists(f"{output}/index.json"):
+        extra["previous"] = output  # the indexer skips shards whose size and mtime/etag are unchanged
+    idx = indexer.build(spec, label_field=label_field, root=root, workers=workers, **extra)
     idx.save(output)
     click.echo(
         f"indexed {len(idx.shard_names)} shards, {idx.num_samples} samples -> {output} "
         f"(fingerprint {idx.fingerprint[:16]})"
     )
+
+
+def _exists(url: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(url)
+    return bool(fs.exists(path))
