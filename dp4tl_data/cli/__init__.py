@@ -18,8 +18,11 @@ from ..errors import Dp4tlError
 # command name -> "module:attribute"; a later issue adds its command here, nothing else
 COMMANDS: dict[str, str] = {
     "demo": "dp4tl_data.cli.demo:demo",
+    "features": "dp4tl_data.cli.features:features",
     "index": "dp4tl_data.cli.index:index",
     "inspect": "dp4tl_data.cli.inspect:inspect",
+    "prune": "dp4tl_data.cli.prune:prune",
+    "train-surrogate": "dp4tl_data.cli.train_surrogate:train_surrogate",
 }
 
 
