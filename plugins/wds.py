@@ -14,7 +14,7 @@ samples, and ``state_dict()`` resumes mid-epoch. Without one, a streaming filter
 each sample's first tar header. Options (``PrunedStream(..., **options)``): ``index``,
 ``root``, ``world``, ``uneven``, ``on_error``, ``label_field``, ``dataset_classes``,
 ``shuffle``, ``shuffle_buffer``, ``seed``, ``batch_size``, ``select`` (webdataset's
-``select_files``), ``coalesce_gap``, ``readahead``, ``strict_identity``, ``storage_options``,
+``select_files``), ``coalesce_gap``, ``concurrency``, ``readahead``, ``strict_identity``, ``storage_options``,
 ``allow_commands``, ``allow_foreign``.
 
 This module imports neither webdataset nor torch until a webdataset source is wrapped.

@@ -116,15 +116,23 @@ def shard_identity(info: dict[str, Any]) -> tuple[int | None, float | None, str 
     )
 
 
+def access_error(url: str, exc: BaseException) -> ShardError:
+    """A ShardError naming `url`: "not found" for a missing file, "unreachable" for the rest."""
+    if isinstance(exc, FileNotFoundError):
+        cause = exc.__cause__
+        if cause is None or getattr(cause, "status", None) == 404 or isinstance(cause, FileNotFoundError):
+            return ShardError(f"{url}: shard not found")
+        exc = cause
+    return ShardError(f"{url}: shard unreachable ({type(exc).__name__}: {exc})")
+
+
 def stat_shard(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """fsspec ``info`` of shard `url`; ShardError naming it when it is missing or unreachable."""
     try:
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
         return fs.info(path)  # type: ignore[no-any-return]
-    except FileNotFoundError:
-        raise ShardError(f"{url}: shard not found") from None
     except Exception as exc:  # network stacks raise their own types (aiohttp, botocore)
-        raise ShardError(f"{url}: shard unreachable ({type(exc).__name__}: {exc})") from None
+        raise access_error(url, exc) from None
 
 
 def same_shard(indexed: IndexedShard, size: int | None, mtime: float | None, etag: str | None) -> bool:

@@ -177,6 +177,7 @@ def make_reader(keep: KeepList, urls: Sequence[str] | None, options: dict[str, A
     read = ReadOptions(
         select=opts.pop("select", select),
         coalesce_gap=opts.pop("coalesce_gap", None),
+        concurrency=int(opts.pop("concurrency", 4)),
         readahead=int(opts.pop("readahead", 256)),
         strict_identity=bool(opts.pop("strict_identity", True)),
         storage_options=opts.pop("storage_options", None),

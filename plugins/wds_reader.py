@@ -28,7 +28,7 @@ from dp4tl_data.errors import Dp4tlError, IndexFileError, ShardError
 from dp4tl_data.index import IndexedShard
 from dp4tl_data.urls import check_url
 
-from .wds_index import BLOCK, LabelSpec, check_end, same_shard, shard_identity, split_name, stat_shard
+from .wds_index import BLOCK, LabelSpec, access_error, check_end, same_shard, shard_identity, split_name, stat_shard
 
 Decide = Callable[[str, int, Any, bool], bool]  # (key, position, label, has_label) -> kept
 MAX_BLOCK = 16 * 2**20
@@ -75,8 +75,9 @@ def coalesce(starts: np.ndarray, ends: np.ndarray, max_gap: int, max_block: int 
 class RangeFile:
     """One shard opened for byte-range reads: ``os.pread`` locally, fsspec ``cat_ranges`` elsewhere."""
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, concurrency: int = 4) -> None:
         self.url = url
+        self.concurrency = concurrency
         self.storage_options = storage_options or {}
         self.fs, self.path = fsspec.core.url_to_fs(url, **self.storage_options)
         self.local = isinstance(self.fs, LocalFileSystem)
@@ -96,17 +97,21 @@ class RangeFile:
                 out = [os.pread(self._fd, b - a, a) for a, b in ranges]
             else:
                 paths = [self.path] * len(ranges)
-                got = self.fs.cat_ranges(paths, [a for a, _ in ranges], [b for _, b in ranges], on_error="return")
+                got = self.fs.cat_ranges(
+                    paths,
+                    [a for a, _ in ranges],
+                    [b for _, b in ranges],
+                    on_error="return",
+                    batch_size=self.concurrency,
+                )
                 for g in got:
                     if isinstance(g, BaseException):
                         raise g
                 out = list(got)
-        except FileNotFoundError:
-            raise ShardError(f"{self.url}: shard not found") from None
         except Dp4tlError:
             raise
         except Exception as exc:  # network stacks raise their own types
-            raise ShardError(f"{self.url}: read failed ({type(exc).__name__}: {exc})") from None
+            raise access_error(self.url, exc) from None
         self.requests += len(ranges)
         self.bytes_read += sum(len(b) for b in out)
         return out
@@ -125,7 +130,8 @@ class IndexedShardReader:
 
     `arrays` are the shard's index rows (`wds_index.member_arrays`). `select(member_name)`
     picks members to read (default: all, read as one range per sample). `max_gap`: ranges at
-    most this far apart are read in one request (0: only touching ranges). `indexed`: the
+    most this far apart are read in one request (0: only touching ranges), `concurrency` of
+    them at a time (remote files). `indexed`: the
     shard as indexed; its size (and mtime/etag with `strict_identity`) must still match.
     """
 
@@ -140,13 +146,14 @@ class IndexedShardReader:
         indexed: IndexedShard | None = None,
         strict_identity: bool = True,
         storage_options: dict[str, Any] | None = None,
+        concurrency: int = 4,
     ) -> None:
         self.url = url
         self.name = name
         self.a = arrays
         self.select = select
         self.max_gap = max_gap
-        self.file = RangeFile(url, storage_options)
+        self.file = RangeFile(url, storage_options, concurrency)
         self.local_path = local_path(url)
         self.mext = [(split_name(n) or ("", ""))[1] for n in arrays["mname"]]
         self.mname_b = [n.encode("utf-8") if n.isascii() and len(n) < 100 else None for n in arrays["mname"]]
@@ -274,12 +281,10 @@ def open_stream(
             return open(url, "rb"), True  # noqa: SIM115 - closed by the caller
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
         return fs.open(path, "rb", block_size=STREAM_BLOCK_SIZE, cache_type="readahead"), True
-    except FileNotFoundError:
-        raise ShardError(f"{url}: shard not found") from None
     except Dp4tlError:
         raise
     except Exception as exc:
-        raise ShardError(f"{url}: shard unreachable ({type(exc).__name__}: {exc})") from None
+        raise access_error(url, exc) from None
 
 
 def stream_shard(

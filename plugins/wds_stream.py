@@ -62,10 +62,12 @@ class Order:
 class ReadOptions:
     """How shards are read: `select(member_name)` picks members (webdataset's select_files),
     `coalesce_gap` bytes between ranges still read in one request (default 0: only touching
-    ranges), `readahead` samples per read round, `strict_identity`: check mtime/etag too."""
+    ranges), `concurrency` range requests in flight (remote files), `readahead` samples per
+    read round, `strict_identity`: check mtime/etag too."""
 
     select: Callable[[str], bool] | None = None
     coalesce_gap: int | None = None
+    concurrency: int = 4
     readahead: int = 256
     strict_identity: bool = True
     storage_options: dict[str, Any] | None = field(default=None, hash=False)
@@ -524,6 +526,7 @@ class KeptSamples(IterableDataset, PipelineStage):  # type: ignore[misc]
             indexed=idx.shard(ref.name),
             strict_identity=opts.strict_identity and self.identity_root is not None,
             storage_options=opts.storage_options,
+            concurrency=opts.concurrency,
         )
         cache[ref.name] = (reader, kept_rows)
         while len(cache) > SHARD_CACHE:
