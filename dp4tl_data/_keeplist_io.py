@@ -194,7 +194,10 @@ def _load_shards(url: str, fs: Any, path: str, spec: Any) -> LazyShards:
         files[key] = _sibling(path, name)
     try:
         with fs.open(files["table"], "rb") as f:
-            table = pq.read_table(f)
+            # no pre-buffering, no threads: an arrow thread that frees a buffer of a Python file object
+            # during interpreter exit aborts the process (pyarrow 26: "terminate called without an
+            # active exception", exit status 134), as pq.read_table(f) does now and then
+            table = pq.ParquetFile(f, pre_buffer=False).read(use_threads=False)
         payload_size = fs.size(files["payload"])
     except FileNotFoundError as exc:
         raise _fail(url, f"missing keep-list file {exc.filename or files['table']}") from None

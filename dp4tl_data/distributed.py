@@ -344,7 +344,13 @@ def _client(client: Any, scheduler: str | None, n_workers: int, processes: bool)
             yield cl
         return
     with (
-        LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes, dashboard_address=None) as lc,
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=processes,
+            dashboard_address=None,  # no dashboard, and its HTTP server on a free port
+            scheduler_kwargs={"dashboard_address": ":0"},
+        ) as lc,
         Client(lc) as cl,
     ):
         yield cl

@@ -301,7 +301,8 @@ class SourceIndex:
             raise IndexFileError(f"{url}: index version {meta.get('version')!r} is not supported (expected {VERSION})")
         try:
             with fs.open(f"{path}/shards.parquet", "rb") as f:
-                shards = pq.read_table(f)
+                # not pq.read_table: see _keeplist_io (arrow threads on Python files abort at exit)
+                shards = pq.ParquetFile(f, pre_buffer=False).read(use_threads=False)
             samples = pq.ParquetFile(fs.open(f"{path}/samples.parquet", "rb"))
         except FileNotFoundError as exc:
             raise IndexFileError(f"{url}: missing index file {exc.filename}") from None

@@ -68,7 +68,7 @@ class EmbeddingPart:
         """Rows of the metadata file, from its footer alone."""
         with self._open(self.meta_url) as f:
             try:
-                return int(pq.ParquetFile(f).metadata.num_rows)
+                return int(pq.ParquetFile(f, pre_buffer=False).metadata.num_rows)
             except (pa.ArrowException, OSError) as exc:
                 raise ShardError(f"{self.meta_url}: corrupt parquet ({exc})") from None
 
@@ -97,8 +97,8 @@ class EmbeddingPart:
     def column(self, name: str) -> pa.ChunkedArray:
         """One metadata column, in embedding order."""
         with self._open(self.meta_url) as f:
-            try:
-                table = pq.read_table(f, columns=[name])
+            try:  # not pq.read_table: see _keeplist_io (arrow threads on Python files abort at exit)
+                table = pq.ParquetFile(f, pre_buffer=False).read(columns=[name], use_threads=False)
             except (pa.ArrowException, OSError, KeyError) as exc:
                 raise ShardError(f"{self.meta_url}: cannot read column {name!r} ({exc})") from None
         return table.column(name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import posixpath
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dp4tl_data.errors import ShardError
+from dp4tl_data.index import shard_digest
 from dp4tl_data.urls import check_shard_name
 
 from .laion_emb import ls_urls, to_key
@@ -43,6 +44,7 @@ class I2DShard:
     name: str
     tar_url: str
     storage_options: tuple[tuple[str, Any], ...] = ()
+    _cache: dict[str, pa.Table] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def base(self) -> str:
@@ -101,7 +103,7 @@ class I2DShard:
         fs, path = self._fs(self.parquet_url)
         try:
             with fs.open(path, "rb") as f:
-                table = pq.read_table(f)
+                table = pq.ParquetFile(f, pre_buffer=False).read(use_threads=False)  # not read_table: see _keeplist_io
         except FileNotFoundError:
             raise ShardError(f"{self.parquet_url}: missing (shard {self.name!r})") from None
         except (pa.ArrowException, OSError) as exc:
@@ -111,9 +113,29 @@ class I2DShard:
                 raise ShardError(f"{self.parquet_url}: no {col!r} column")
         return table.filter(pc.equal(table.column("status"), "success"))
 
+    def keys(self) -> list[str]:
+        """The sample keys in tar order."""
+        return self.read().column("key").to_pylist()  # type: ignore[no-any-return]
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        """One parquet column of the successful samples, in tar order."""
+        table = self.read()
+        if name not in table.column_names:
+            raise ShardError(f"{self.parquet_url}: no {name!r} column")
+        return table.column(name)
+
+    def digest(self, keys: list[str] | None = None) -> bytes:
+        """What this shard contributes to the source fingerprint (name, count, keys)."""
+        return shard_digest(self.name, keys if keys is not None else self.keys())
+
     def read(self) -> pa.Table:
         """Successful samples in tar order: the parquet columns joined on key, plus ``members``
-        (the sample's tar members with offsets and sizes)."""
+        (the sample's tar members with offsets and sizes). Read once, then cached."""
+        if "read" not in self._cache:
+            self._cache["read"] = self._join()
+        return self._cache["read"]
+
+    def _join(self) -> pa.Table:
         groups = group_members(self.members())
         keys = list(groups)
         ok = self.success_table()
@@ -159,6 +181,23 @@ def list_shards(root: str, *, storage_options: dict[str, Any] | None = None) -> 
         base = posixpath.basename(url.rstrip("/"))
         if base.endswith(".tar"):
             out.append(I2DShard(check_shard_name(base, where=root), url, tuple(sorted(so.items()))))
+    if not out:
+        raise ShardError(f"{root}: no .tar shards")
+    return out
+
+
+def shard_sizes(root: str, *, storage_options: dict[str, Any] | None = None) -> dict[str, int]:
+    """Bytes of every ``*.tar`` directly under `root`, from one listing."""
+    fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
+    try:
+        files = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        raise ShardError(f"{root}: missing folder") from None
+    out = {}
+    for f in files:
+        base = posixpath.basename(str(f["name"]).rstrip("/"))
+        if base.endswith(".tar") and f.get("size") is not None:
+            out[check_shard_name(base, where=root)] = int(f["size"])
     if not out:
         raise ShardError(f"{root}: no .tar shards")
     return out

@@ -80,7 +80,13 @@ def test_local_cluster_of_two_workers_is_identical(sim, plan, reference, tmp_pat
     centroids, kept = plan
     parts = list_parts(sim.emb_root)
     seen = []
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=False,
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": ":0"},
+    ) as cluster:
         rep = run_assignment(
             parts,
             centroids,

@@ -23,6 +23,11 @@ COMMANDS: dict[str, str] = {
     "inspect": "dp4tl_data.cli.inspect:inspect",
     "prune": "dp4tl_data.cli.prune:prune",
     "train-surrogate": "dp4tl_data.cli.train_surrogate:train_surrogate",
+    "cluster": "dp4tl_data.cli.laion:cluster",
+    "assign": "dp4tl_data.cli.laion:assign",
+    "shards": "dp4tl_data.cli.laion:shards",
+    "import": "dp4tl_data.cli.laion:import_",
+    "export": "dp4tl_data.cli.laion:export",
 }
 
 

@@ -31,11 +31,15 @@ def summary(keep: KeepList, shards: int = 0) -> dict[str, Any]:
     help="Write a PNG: the vote histogram with kept classes marked (lists with vote scores), "
     "else the kept fraction per shard (shard-level lists).",
 )
-def inspect(keeplist: str, as_json: bool, nshards: int, plot: str | None) -> None:
+@click.option("--images", default=None, help="Shard-level plot: img2dataset folder whose tar sizes give bytes saved.")
+@click.option(
+    "--read-mbps", type=float, default=1000.0, show_default=True, help="Shard-level plot: read rate for time saved."
+)
+def inspect(keeplist: str, as_json: bool, nshards: int, plot: str | None, images: str | None, read_mbps: float) -> None:
     """Summarise KEEPLIST (a path or fsspec URL): levels, counts, kept fraction, provenance."""
     keep = KeepList.load(keeplist)
     if plot is not None:
-        _plot(keep, plot)
+        _plot(keep, plot, images, read_mbps)
     data = summary(keep, nshards)
     if as_json:
         echo_json(data)
@@ -72,15 +76,23 @@ def inspect(keeplist: str, as_json: bool, nshards: int, plot: str | None) -> Non
         click.echo(f"  {row['shard']}  {row['encoding']}  kept={row['kept']}  total={row['total']}  {frac}")
 
 
-def _plot(keep: KeepList, path: str) -> None:
+def _plot(keep: KeepList, path: str, images: str | None = None, read_mbps: float = 1000.0) -> None:
     if keep.scores:
         from ..pruners.plots import plot_votes
 
         plot_votes(keep, path)
     elif keep.shards is not None:
+        from ..plugins.laion_i2d import shard_sizes
         from ..scale import plot_shard_fractions
 
-        plot_shard_fractions(keep, path)
+        sizes = shard_sizes(images) if images is not None else None
+        info = plot_shard_fractions(keep, path, shard_bytes=sizes, read_mb_s=read_mbps)
+        est = " (estimated from sample counts)" if info["bytes_estimated"] else ""
+        click.echo(
+            f"shards: {info['shards_kept']} kept, {info['shards_left_out']} left out; saves "
+            f"{info['bytes_saved'] / 1e9:.3f} GB{est}, {info['time_saved_s']:.1f} s at {read_mbps:g} MB/s",
+            err=True,
+        )
     else:
         raise click.ClickException("nothing to plot: the keep-list has neither vote scores nor a shard level")
     click.echo(f"plot written to {path}", err=True)
