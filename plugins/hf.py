@@ -11,6 +11,7 @@ balanced splitting, exact resume) and `hf_index` (the `dp4tl index` builder).
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 from typing import Any
@@ -129,7 +130,7 @@ def load_pruned(
             data_files={split: [probe]},
             split=split,
             streaming=True,
-            storage_options=options.get("storage_options"),
+            storage_options=copy.deepcopy(options.get("storage_options")),  # datasets adds keys to it
         )
         features, info = first.features, first.info
     if info is None:

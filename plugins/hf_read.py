@@ -14,6 +14,7 @@ audio is decoded (decoding happens later, in `datasets`, on the kept rows only):
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -90,8 +91,16 @@ def read_piece(spec: ReadSpec, ref: ShardRef, start: int = 0, stop: int | None =
     except (Dp4tlError, GeneratorExit):
         raise
     except (pa.ArrowException, OSError, tarfile.TarError, ValueError, EOFError) as exc:
-        kind = {"parquet": "corrupt parquet", "webdataset": "corrupt tar"}.get(spec.builder, "unreadable file")
-        raise ShardError(f"{ref.url}: {kind} ({type(exc).__name__}: {exc})") from exc
+        raise ShardError(f"{ref.url}: {_what(spec, exc)} ({type(exc).__name__}: {exc})") from exc
+
+
+def _what(spec: ReadSpec, exc: BaseException) -> str:
+    """How a read error reads: unreachable (missing, refused) or corrupt."""
+    if isinstance(exc, (FileNotFoundError, ConnectionError, PermissionError)) or type(exc).__module__.startswith(
+        "aiohttp"
+    ):
+        return "unreachable"
+    return {"parquet": "corrupt parquet", "webdataset": "corrupt tar"}.get(spec.builder, "unreadable file")
 
 
 def _open(spec: ReadSpec, url: str, streaming: bool = False) -> Any:
@@ -287,7 +296,7 @@ def count_kept(spec: ReadSpec, ref: ShardRef) -> int:
                     pass
                 return sel.kept
     except (pa.ArrowException, OSError, tarfile.TarError, ValueError, EOFError) as exc:
-        raise ShardError(f"{ref.url}: unreadable ({type(exc).__name__}: {exc})") from exc
+        raise ShardError(f"{ref.url}: {_what(spec, exc)} ({type(exc).__name__}: {exc})") from exc
     return sum(t.num_rows for t in read_piece(spec, ref))
 
 
@@ -303,7 +312,7 @@ def _generic(spec: ReadSpec, ref: ShardRef, start: int, stop: int | None) -> Ite
         split=spec.split,
         streaming=True,
         features=spec.features,
-        storage_options=spec.storage_options or None,
+        storage_options=copy.deepcopy(spec.storage_options) or None,  # datasets adds keys to it
     )
     row0, pos = 0, 0
     for table in ds.decode(False).with_format("arrow").iter(batch_size=spec.batch_size):
