@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 
-import moto.server as moto_server
 import pytest
 import webdataset as wds
+from dp4tl_data.plugins.wds import index_shards
+from test_keeplist_s3 import s3  # noqa: F401 - the moto S3 server fixture
 from test_wds_util import KEEP_CLASSES, keys, loader_keys, make_shards, random_keys
 
 from dp4tl_data import KeepList, PrunedStream, World
-from dp4tl_data.plugins.wds import index_shards
 
 
 @pytest.fixture
@@ -77,35 +77,15 @@ def test_remote_root_override_reads_local_index_over_http(served, tmp_path):
     assert set(srv.bytes_sent) <= {f"/{n}" for n in shards.names} and sum(srv.bytes_sent.values()) > 0
 
 
-@pytest.fixture
-def s3(monkeypatch):
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(k, v)
-    opts = {"client_kwargs": {"endpoint_url": f"http://{host}:{port}"}, "use_listings_cache": False}
-    import s3fs
-
-    s3fs.S3FileSystem(**opts).mkdir("data")
-    yield opts
-    s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
-
-
-def test_s3_index_and_pruned_stream(s3, tmp_path):
+def test_s3_index_and_pruned_stream(s3, tmp_path):  # noqa: F811 - s3 is the imported fixture
     import s3fs
 
     shards = make_shards(str(tmp_path / "local"), sizes=[20, 15, 25])
     fs = s3fs.S3FileSystem(**s3)
     for p, n in zip(shards.paths, shards.names):
-        fs.put(p, f"data/train/{n}")
-    urls = [f"s3://data/train/{n}" for n in shards.names]
-    idx = index_shards("s3://data/train/*.tar", workers=2, progress=False, storage_options=s3)
+        fs.put(p, f"lists/train/{n}")
+    urls = [f"s3://lists/train/{n}" for n in shards.names]
+    idx = index_shards("s3://lists/train/*.tar", workers=2, progress=False, storage_options=s3)
     assert idx.shard_names == shards.names and idx.shard(shards.names[0]).etag
     keep = KeepList.from_classes(sorted(KEEP_CLASSES), label_field="cls")
     got = keys(PrunedStream(urls, keep, index=idx, storage_options=s3))
