@@ -22,6 +22,7 @@ This module imports neither webdataset nor torch until a webdataset source is wr
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -38,10 +39,10 @@ def register(registry: Registry) -> None:
 
 
 def accepts(source: Any) -> bool:
-    """Shard URLs (``.tar``, brace patterns, ``pipe:``), a webdataset SourceIndex, a webdataset
+    """Shard URLs (``.tar``, brace patterns, ``pipe:``), a webdataset SourceIndex (or its folder), a webdataset
     pipeline, or a torch DataLoader over one."""
     if isinstance(source, str):
-        return _tar_url(source)
+        return _tar_url(source) or _index_url(source)
     if isinstance(source, (list, tuple)):
         return bool(source) and all(isinstance(s, str) and _tar_url(s) for s in source)
     if type(source).__name__ == "SourceIndex":
@@ -58,6 +59,11 @@ def accepts(source: Any) -> bool:
 
 def _tar_url(url: str) -> bool:
     return url.endswith(".tar") or (url.startswith("pipe:") and ".tar" in url)
+
+
+def _index_url(url: str) -> bool:
+    """An index folder: named ``*.idx``, or a local folder holding an ``index.json``."""
+    return url.rstrip("/").endswith(".idx") or ("://" not in url and os.path.isfile(os.path.join(url, "index.json")))
 
 
 def wrap(source: Any, keep: KeepList, **options: Any) -> Any:
