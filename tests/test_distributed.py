@@ -196,3 +196,23 @@ def test_worker_killed_mid_run_is_not_an_error(sim, plan, reference, tmp_path):
     assert sorted(rep.done) == sim.shards and not rep.failed
     keep = KeepList.load(write_keeplist(work, sim.shards, kept, str(tmp_path / "keep.json")))
     assert keep.fingerprint == reference.fingerprint
+
+
+def test_keeplist_streams_through_webdataset_with_the_tar_index(tmp_path):
+    """The list made from embeddings carries the fingerprint of a SourceIndex of the tars, and
+    PrunedStream over the img2dataset tars yields exactly the planted samples."""
+    import webdataset as wds
+
+    from dp4tl_data import PrunedStream
+    from dp4tl_data.plugins.wds_index import index_shards
+
+    sim = write_laion(str(tmp_path / "laion"), nshards=3, per_shard=120, dim=16, seed=8)
+    work = str(tmp_path / "work")
+    run_assignment(list_parts(sim.emb_root), sim.centers, work, engine="local")
+    keep = KeepList.load(write_keeplist(work, sim.shards, TARGET, str(tmp_path / "keep.json")))
+    urls = sorted(str(tmp_path / "laion" / "images" / n) for n in sim.shards)
+    idx = index_shards(urls, progress=False)
+    assert idx.fingerprint == keep.source_fingerprint
+    got = [s["__key__"] for s in PrunedStream(wds.WebDataset(urls, shardshuffle=False), keep, index=idx)]
+    truth = sim.masks(set(TARGET))
+    assert sorted(got) == sorted(sim.keys[n][i] for n in sim.shards for i in np.flatnonzero(truth[n]))
