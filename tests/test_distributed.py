@@ -202,9 +202,9 @@ def test_keeplist_streams_through_webdataset_with_the_tar_index(tmp_path):
     """The list made from embeddings carries the fingerprint of a SourceIndex of the tars, and
     PrunedStream over the img2dataset tars yields exactly the planted samples."""
     import webdataset as wds
+    from dp4tl_data.plugins.wds_index import index_shards
 
     from dp4tl_data import PrunedStream
-    from dp4tl_data.plugins.wds_index import index_shards
 
     sim = write_laion(str(tmp_path / "laion"), nshards=3, per_shard=120, dim=16, seed=8)
     work = str(tmp_path / "work")
