@@ -11,7 +11,6 @@ balanced splitting, exact resume) and `hf_index` (the `dp4tl index` builder).
 
 from __future__ import annotations
 
-import copy
 import logging
 import sys
 from typing import Any
@@ -59,6 +58,19 @@ FILE_KWARGS = ("original_files", "base_files", "files", "tar_paths")
 def register(registry: Registry) -> None:
     registry.add_adapter("hf.Dataset", _is_map_dataset, prune_map, priority=70)
     registry.add_adapter("hf.IterableDataset", _is_iterable_dataset, prune_stream, priority=70)
+    registry.add_indexer("hf", _index_accepts, _index_build, priority=10)
+
+
+def _index_accepts(spec: Any) -> bool:
+    from .hf_index import accepts
+
+    return accepts(spec)
+
+
+def _index_build(spec: Any, **options: Any) -> SourceIndex:
+    from .hf_index import build
+
+    return build(spec, **options)
 
 
 def _datasets() -> Any:
@@ -112,9 +124,7 @@ def load_pruned(
     the kept files are ever opened (the first kept one also gives the features, unless passed).
     Options are PrunedStream's (``label_field``, ``index``, ``world``, ``uneven``, ...).
     """
-    from datasets import load_dataset
-
-    from .hf_files import resolve_source
+    from .hf_files import probe, resolve_source
 
     if isinstance(keep, str):
         keep = KeepList.load(keep)
@@ -124,14 +134,7 @@ def load_pruned(
     )
     info = None
     if features is None:
-        probe = _first_kept(source, keep, options)
-        first = load_dataset(
-            source.builder,
-            data_files={split: [probe]},
-            split=split,
-            streaming=True,
-            storage_options=copy.deepcopy(options.get("storage_options")),  # datasets adds keys to it
-        )
+        first = probe(source.builder, _first_kept(source, keep, options), split, options.get("storage_options"))
         features, info = first.features, first.info
     if info is None:
         from datasets import DatasetInfo

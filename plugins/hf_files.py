@@ -235,3 +235,21 @@ def _listed_count(keep: KeepList, name: str) -> int | None:
     if entry is None or keep.classes is not None or entry.encoding == "all":
         return None
     return entry.kept
+
+
+def probe(builder: str, url: str, split: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """The streaming dataset of one (kept) file, for its features and info; errors name the file."""
+    import copy
+
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(
+            builder,
+            data_files={split: [url]},
+            split=split,
+            streaming=True,
+            storage_options=copy.deepcopy(storage_options),  # datasets adds keys to it
+        )
+    except Exception as exc:  # offline hub, missing file, bad schema: one line naming the file
+        raise ShardError(f"{url}: cannot read its schema ({type(exc).__name__}: {exc})") from None

@@ -103,8 +103,9 @@ def _what(spec: ReadSpec, exc: BaseException) -> str:
     return {"parquet": "corrupt parquet", "webdataset": "corrupt tar"}.get(spec.builder, "unreadable file")
 
 
-def _open(spec: ReadSpec, url: str, streaming: bool = False) -> Any:
-    opts = dict(spec.storage_options)
+def open_url(url: str, storage_options: dict[str, Any], streaming: bool = False) -> Any:
+    """An open binary file; http(s) streams in one GET when `streaming` (tars are read in order)."""
+    opts = dict(storage_options)
     if streaming and url.startswith(("http://", "https://")):
         opts.setdefault("block_size", 0)  # one streaming GET, no range requests
     return fsspec.open(url, "rb", **opts).open()
@@ -119,9 +120,17 @@ def _cast(spec: ReadSpec, table: pa.Table) -> pa.Table:
 # ----------------------------------------------------------------------------- parquet
 
 
+def open_parquet(url: str, storage_options: dict[str, Any]) -> pq.ParquetFile:
+    """A ParquetFile: local paths natively; remote through fsspec, without pre-buffering or
+    threads (an Arrow thread freeing a Python file's buffer at interpreter exit aborts pyarrow 26)."""
+    if "://" not in url or url.startswith("file://"):
+        return pq.ParquetFile(url.removeprefix("file://"))
+    return pq.ParquetFile(open_url(url, storage_options), pre_buffer=False)
+
+
 def _parquet(spec: ReadSpec, ref: ShardRef, start: int, stop: int | None) -> Iterator[pa.Table]:
-    with _open(spec, ref.url) as f:
-        pf = pq.ParquetFile(f)
+    pf = open_parquet(ref.url, spec.storage_options)
+    try:
         names = set(pf.schema_arrow.names)
         decide = [c for c in spec.rule.columns if c in names] if spec.masks is None else []
         columns = [c for c in spec.features if c in names]
@@ -130,13 +139,15 @@ def _parquet(spec: ReadSpec, ref: ShardRef, start: int, stop: int | None) -> Ite
             if stop is not None and pos >= stop:
                 return
             n = pf.metadata.row_group(g).num_rows
-            head = pf.read_row_group(g, columns=decide) if decide else pa.table({"_": pa.nulls(n)})
+            head = pf.read_row_group(g, columns=decide, use_threads=False) if decide else pa.table({"_": pa.nulls(n)})
             mask = spec.mask(head, ref, row0)
             sel, pos = window(mask, pos, start, stop)
             if len(sel):
                 yield from _take_batches(spec, pf, g, columns, sel)
             row0 += n
         spec.check_rows(ref, row0)
+    finally:
+        pf.close()
 
 
 def _take_batches(
@@ -144,7 +155,7 @@ def _take_batches(
 ) -> Iterator[pa.Table]:
     """The selected rows of one row group, read in batches (batches without one are skipped)."""
     b0 = 0
-    for batch in pf.iter_batches(batch_size=spec.batch_size, row_groups=[group], columns=columns):
+    for batch in pf.iter_batches(batch_size=spec.batch_size, row_groups=[group], columns=columns, use_threads=False):
         lo, hi = np.searchsorted(sel, [b0, b0 + batch.num_rows])
         if hi > lo:
             yield _cast(spec, pa.Table.from_batches([batch]).take(pa.array(sel[lo:hi] - b0)))
@@ -161,7 +172,7 @@ def _tar(spec: ReadSpec, ref: ShardRef, start: int, stop: int | None) -> Iterato
 
     media = [k for k, v in spec.features.items() if type(v).__name__ in MEDIA]
     rows: list[dict[str, Any]] = []
-    with _open(spec, ref.url, streaming=True) as f:
+    with open_url(ref.url, spec.storage_options, streaming=True) as f:
         tf = tarfile.open(fileobj=f, mode="r|*")
         counter = _TarSelector(spec, ref, start, stop)
         for ex in WebDataset._get_pipeline_from_tar(ref.url, counter.members(tf)):
@@ -178,6 +189,16 @@ def _tar(spec: ReadSpec, ref: ShardRef, start: int, stop: int | None) -> Iterato
             yield pa.Table.from_pylist(rows, schema=spec.schema)
         if counter.finished:
             spec.check_rows(ref, counter.position + 1)
+
+
+def member_label(data: bytes, path: str) -> Any:
+    """The label in a tar member: its text (``.cls``) or, with `path`, a field of its JSON."""
+    if not path:
+        return label_value(data)
+    value: Any = json.loads(data)
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 class _TarSelector:
@@ -218,11 +239,7 @@ class _TarSelector:
         return self.flt.decide(shard=self.ref.name, key=key, position=self.position)
 
     def _label(self, data: bytes, key: str) -> Any:
-        if not self.label_path:
-            return label_value(data)
-        value: Any = json.loads(data)
-        for part in self.label_path.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
+        value = member_label(data, self.label_path)
         if value is None:
             raise SampleError(f"{self.ref.url}: sample {key!r} has no {self.flt.label_field!r}")
         return value
@@ -279,18 +296,24 @@ def count_kept(spec: ReadSpec, ref: ShardRef) -> int:
     """Kept rows of file `ref`, reading only what decides (key/label columns, tar headers and labels)."""
     try:
         if spec.builder == "parquet":
-            with _open(spec, ref.url) as f:
-                pf = pq.ParquetFile(f)
+            pf = open_parquet(ref.url, spec.storage_options)
+            try:
                 decide = [c for c in spec.rule.columns if c in set(pf.schema_arrow.names)]
                 n, row0 = 0, 0
                 for g in range(pf.num_row_groups):
                     rows = pf.metadata.row_group(g).num_rows
-                    head = pf.read_row_group(g, columns=decide) if decide else pa.table({"_": pa.nulls(rows)})
+                    head = (
+                        pf.read_row_group(g, columns=decide, use_threads=False)
+                        if decide
+                        else pa.table({"_": pa.nulls(rows)})
+                    )
                     n += int(spec.mask(head, ref, row0).sum())
                     row0 += rows
                 return n
+            finally:
+                pf.close()
         if spec.builder == "webdataset":
-            with _open(spec, ref.url, streaming=True) as f:
+            with open_url(ref.url, spec.storage_options, streaming=True) as f:
                 sel = _TarSelector(spec, ref, 0, None, count_only=True)
                 for _ in sel.members(tarfile.open(fileobj=f, mode="r|*")):
                     pass

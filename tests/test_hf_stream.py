@@ -132,22 +132,22 @@ def test_parquet_classlabel_names_and_ids(parquet) -> None:
 
 
 def test_fully_pruned_files_are_dropped_and_never_opened(parquet, monkeypatch) -> None:
-    import fsspec
+    from dp4tl_data.plugins import hf_read
 
     root, labels = parquet
     opened: Counter[str] = Counter()
-    original = fsspec.open
+    original = hf_read.open_parquet
 
-    def spy(url, *a, **kw):
-        opened[os.path.basename(str(url))] += 1
-        return original(url, *a, **kw)
+    def spy(url, storage_options):
+        opened[os.path.basename(url)] += 1
+        return original(url, storage_options)
 
-    monkeypatch.setattr(fsspec, "open", spy)
+    monkeypatch.setattr(hf_read, "open_parquet", spy)
     keep = KeepList.from_samples({"part-00001.parquet": ["p1_004", "p1_010"], "part-00003.parquet": ["p3_049"]})
     ds = load_pruned(root, keep, world=ONE)
     assert len(ds) == 3  # exact len from the sample-level list
     assert sorted(keys_of(ds)) == ["p1_004", "p1_010", "p3_049"]
-    assert set(opened) == {"part-00001.parquet", "part-00003.parquet"}
+    assert set(opened) == {"part-00001.parquet", "part-00003.parquet"}  # server-side: test_hf_remote.py
 
 
 def test_len_is_exact_when_scanned_and_unknown_otherwise(parquet) -> None:
