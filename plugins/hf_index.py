@@ -172,24 +172,21 @@ def _tar_keys_labels(url: str, lf: str | None, opts: dict[str, Any]) -> tuple[li
     """Keys in tar order and the label of each (from its label member; payloads are skipped)."""
     from datasets.packaged_modules.webdataset.webdataset import base_plus_ext
 
-    from .hf_read import member_label, open_url
+    from .hf_read import member_label, tar_members
 
     member, _, path = (lf or "").partition(".")
     keys: list[str] = []
     labels: list[Any] = []
-    with open_url(url, opts, streaming=True) as f, tarfile.open(fileobj=f, mode="r|*") as tf:
-        for m in tf:
-            if not m.isfile():
-                continue
-            key, fld = base_plus_ext(m.name)
+    with tar_members(url, opts) as entries:
+        for name, read in entries:
+            key, fld = base_plus_ext(name)
             if key is None:
                 continue
             if not keys or keys[-1] != key:
                 keys.append(key)
                 labels.append(None)
             if lf and fld == member:
-                fh = tf.extractfile(m)
-                labels[-1] = member_label(fh.read() if fh is not None else b"", path)
+                labels[-1] = member_label(read(), path)
     return keys, labels
 
 

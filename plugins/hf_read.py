@@ -15,11 +15,13 @@ audio is decoded (decoding happens later, in `datasets`, on the kept rows only):
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import json
 import logging
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,10 +174,9 @@ def _tar(spec: ReadSpec, ref: ShardRef, start: int, stop: int | None) -> Iterato
 
     media = [k for k, v in spec.features.items() if type(v).__name__ in MEDIA]
     rows: list[dict[str, Any]] = []
-    with open_url(ref.url, spec.storage_options, streaming=True) as f:
-        tf = tarfile.open(fileobj=f, mode="r|*")
+    with tar_members(ref.url, spec.storage_options) as entries:
         counter = _TarSelector(spec, ref, start, stop)
-        for ex in WebDataset._get_pipeline_from_tar(ref.url, counter.members(tf)):
+        for ex in WebDataset._get_pipeline_from_tar(ref.url, counter.members(entries)):
             for name in spec.features:
                 ex.setdefault(name, None)
             for name in media:
@@ -189,6 +190,56 @@ def _tar(spec: ReadSpec, ref: ShardRef, start: int, stop: int | None) -> Iterato
             yield pa.Table.from_pylist(rows, schema=spec.schema)
         if counter.finished:
             spec.check_rows(ref, counter.position + 1)
+
+
+Member = tuple[str, Callable[[], bytes]]  # a tar member's name, and how to read its bytes (if ever)
+
+
+@contextmanager
+def tar_members(url: str, storage_options: dict[str, Any]) -> Iterator[Iterator[Member]]:
+    """The regular-file members of a tar, in order; their bytes are read only when asked for.
+
+    Local tars are scanned with wids' memory-mapped header index (a member never asked for is
+    never paged in); others are streamed once with `tarfile`.
+    """
+    local = _local_tar(url)
+    if local is not None:
+        try:
+            yield (
+                (name, functools.partial(_slice, local.mmapped_file, off + 512, size))
+                for name, off, size in local.by_index
+            )
+        finally:
+            local.close()
+        return
+    with open_url(url, storage_options, streaming=True) as f, tarfile.open(fileobj=f, mode="r|*") as tf:
+        yield ((m.name, functools.partial(_extract, tf, m)) for m in tf if m.isfile())
+
+
+def _local_tar(url: str) -> Any:
+    """wids' MMIndexedTar of a local uncompressed tar whose names it reads in full, else None."""
+    path = url.removeprefix("file://")
+    if "://" in path or not path.endswith(".tar"):
+        return None
+    try:
+        from wids.wids_mmtar import MMIndexedTar, parse_tar_header
+    except ImportError:
+        return None
+    tar = MMIndexedTar(path, verbose=False)
+    for name, off, _ in tar.by_index:  # long names live in pax/GNU records wids skips: use tarfile
+        if len(name) >= 99 or parse_tar_header(tar.mmapped_file[off : off + 500]).prefix.strip(b"\0"):
+            tar.close()
+            return None
+    return tar
+
+
+def _slice(buf: Any, start: int, size: int) -> bytes:
+    return bytes(buf[start : start + size])
+
+
+def _extract(tf: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
+    fh = tf.extractfile(m)
+    return fh.read() if fh is not None else b""
 
 
 def member_label(data: bytes, path: str) -> Any:
@@ -244,16 +295,14 @@ class _TarSelector:
             raise SampleError(f"{self.ref.url}: sample {key!r} has no {self.flt.label_field!r}")
         return value
 
-    def members(self, tf: tarfile.TarFile) -> Iterator[tuple[str, io.BytesIO]]:
+    def members(self, entries: Iterator[Member]) -> Iterator[tuple[str, io.BytesIO]]:
         from datasets.packaged_modules.webdataset.webdataset import base_plus_ext
 
         key: str | None = None
         state: bool | None = False
         held: list[tuple[str, bytes]] = []
-        for m in tf:
-            if not m.isfile():
-                continue
-            k, fld = base_plus_ext(m.name)
+        for mname, read in entries:
+            k, fld = base_plus_ext(mname)
             if k is None:
                 continue
             if k != key:
@@ -267,10 +316,9 @@ class _TarSelector:
                     return
             if state is False or (state and self.count_only):
                 continue  # a pruned sample: its bytes are skipped, never read into Python
-            fh = tf.extractfile(m)
-            data = fh.read() if fh is not None else b""
+            data = read()
             if state is None:
-                held.append((m.name, data))
+                held.append((mname, data))
                 if fld.split(".", 1)[0] != self.label_member:
                     continue
                 label = self._label(data, k)
@@ -283,7 +331,7 @@ class _TarSelector:
                         yield name, io.BytesIO(buf)
                 held = []
                 continue
-            yield m.name, io.BytesIO(data)
+            yield mname, io.BytesIO(data)
         if state is None and key is not None:
             self._no_label(key)
         self.finished = True
@@ -313,9 +361,9 @@ def count_kept(spec: ReadSpec, ref: ShardRef) -> int:
             finally:
                 pf.close()
         if spec.builder == "webdataset":
-            with open_url(ref.url, spec.storage_options, streaming=True) as f:
+            with tar_members(ref.url, spec.storage_options) as entries:
                 sel = _TarSelector(spec, ref, 0, None, count_only=True)
-                for _ in sel.members(tarfile.open(fileobj=f, mode="r|*")):
+                for _ in sel.members(entries):
                     pass
                 return sel.kept
     except (pa.ArrowException, OSError, tarfile.TarError, ValueError, EOFError) as exc:
