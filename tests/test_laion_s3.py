@@ -4,39 +4,21 @@ cluster, the keep-list streamed to S3; a rerun finds every shard done."""
 
 from __future__ import annotations
 
-import moto.server as moto_server
 import numpy as np
-import pytest
 from dp4tl_data.plugins.laion_emb import list_parts
+from test_keeplist_s3 import s3  # noqa: F401, F811  (the moto server fixture)
 
 from benchmarks.laiongen import write_laion
 from dp4tl_data.distributed import done_shards, run_assignment, write_keeplist
 from dp4tl_data.keeplist import KeepList
 
 
-@pytest.fixture
-def s3(monkeypatch):
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(k, v)
-    opts = {"client_kwargs": {"endpoint_url": f"http://{host}:{port}"}, "use_listings_cache": False}
+def test_pipeline_on_s3(s3, tmp_path):  # noqa: F811
     import s3fs
 
+    opts = s3
     fs = s3fs.S3FileSystem(**opts)
     fs.mkdir("laion")
-    yield fs, opts
-    s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
-
-
-def test_pipeline_on_s3(s3, tmp_path):
-    fs, opts = s3
     sim = write_laion(str(tmp_path / "laion"), nshards=4, per_shard=150, dim=16, tars=False, seed=4)
     fs.put(sim.emb_root, "laion/emb", recursive=True)
     parts = list_parts("s3://laion/emb", storage_options=opts)
