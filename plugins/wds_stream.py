@@ -262,9 +262,9 @@ class KeptSamples(IterableDataset, PipelineStage):  # type: ignore[misc]
         self._filter_args: dict[str, Any] = dict(
             label_field=label_field, dataset_classes=dataset_classes, on_error=on_error
         )
-        self._flt = SampleFilter(keep, **self._filter_args)  # validates the arguments now
+        flt = SampleFilter(keep, **self._filter_args)  # validates the arguments now
         self.on_error = on_error
-        self.label = LabelSpec.parse(self._flt.label_field if self._flt.needs_label else None)
+        self.label = LabelSpec.parse(flt.label_field if flt.needs_label else None)
         self._index = _IndexRef(idx) if idx is not None else None
         if idx is not None:
             keep.check_source(idx.fingerprint, allow_foreign=allow_foreign, where=idx.url)
@@ -602,6 +602,8 @@ class KeptSamples(IterableDataset, PipelineStage):  # type: ignore[misc]
     ) -> Iterator[dict[str, Any]]:
         """Without counts: whole shards dealt round-robin to readers, samples as they stream."""
         pieces = split_shards(refs, w)
+        if w.world_size > 1:
+            log.warning("without an index the ranks' sample counts may differ; index the shards for equal counts")
 
         def samples() -> Iterator[dict[str, Any]]:
             for p in pieces:
