@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.request
+
 import moto.server as moto_server
 import numpy as np
 import pytest
@@ -14,6 +16,8 @@ def s3(monkeypatch):
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    # moto keeps its buckets in process-wide state: start every test from an empty server
+    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST"))
     for k, v in {
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
