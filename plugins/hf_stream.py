@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from copy import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -70,21 +70,17 @@ class Plan:
         return None if n is None else per_rank_count(n, self.world_size, self.uneven)
 
     def virtual_shards(self) -> list[list[Piece]]:
-        """Counted: ``world_size x k`` rank-aligned parts of the kept sequence; else whole files."""
+        """Counted: rank ``r``'s equal range of the kept sequence, cut at file boundaries into
+        pieces; virtual shard ``j * world_size + r`` is rank ``r``'s ``j``-th piece (or empty).
+        Uncounted: whole files."""
         if not self.counted:
             return [[Piece(r, 0, -1)] for r in self.refs]
         per_rank = self.per_rank() or 0
-        counts = np.array([r.kept for r in self.refs], dtype=np.int64)
-        bounds = np.concatenate([[0], np.cumsum(counts)])
+        bounds = np.concatenate([[0], np.cumsum([int(r.kept or 0) for r in self.refs])])
         n = int(bounds[-1])
-        k = max(1, -(-len(self.refs) // self.world_size))
-        out: list[list[Piece]] = []
-        for j in range(k):
-            for r in range(self.world_size):
-                lo = r * per_rank + (per_rank * j) // k
-                hi = r * per_rank + (per_rank * (j + 1)) // k
-                out.append(_pieces(self.refs, bounds, lo, hi, n))
-        return out
+        ranks = [_pieces(self.refs, bounds, r * per_rank, (r + 1) * per_rank, n) for r in range(self.world_size)]
+        k = max(1, *(len(p) for p in ranks))
+        return [[ranks[r][j]] if j < len(ranks[r]) else [] for j in range(k) for r in range(self.world_size)]
 
 
 class PrunedExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
@@ -113,7 +109,7 @@ class PrunedExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
         a split part reorders its own virtual shards."""
         if self.root:
             order = generator.permutation(len(self.plan.refs))
-            plan = Plan(tuple(self.plan.refs[i] for i in order), *_plan_rest(self.plan))
+            plan = replace(self.plan, refs=tuple(self.plan.refs[i] for i in order))
             return PrunedExamplesIterable(plan, self.spec)
         order = generator.permutation(len(self.shards))
         return PrunedExamplesIterable(self.plan, self.spec, [self.shards[i] for i in order])
@@ -177,8 +173,8 @@ class PrunedExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
                         yield key, t
                 if stop is not None and piece.start + done < stop:
                     raise SampleError(
-                        f"{piece.shard.url}: yielded {piece.start + done - piece.start} of the "
-                        f"{len(piece)} kept rows its index or keep-list lists; the file changed (re-index it)"
+                        f"{piece.shard.url}: holds fewer kept rows than the {piece.stop} its index or "
+                        "keep-list lists; the file changed (re-index it)"
                     )
                 if state:
                     nxt = (s, p + 1) if p + 1 < len(pieces) else (s + 1, 0)
@@ -196,10 +192,6 @@ class PrunedExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
         for k in ("dropped", "skipped"):
             out[k] = {r: a[k].get(r, 0) + b[k].get(r, 0) for r in set(a[k]) | set(b[k])}
         return out
-
-
-def _plan_rest(plan: Plan) -> tuple[Any, ...]:
-    return (plan.world_size, plan.uneven, plan.keep, plan.allow_empty, plan.spec_name)
 
 
 class PrunedIterableDataset(IterableDataset):  # type: ignore[misc]

@@ -261,3 +261,27 @@ def test_transformed_dataset_is_refused(tars: ShardSet) -> None:
     pruned = PrunedStream(wds(tars.paths), keep, world=ONE)
     with pytest.raises(PluginError, match="already pruned"):
         PrunedStream(pruned, keep)
+
+
+def test_long_member_names_are_read_in_full(tmp_path) -> None:
+    import webdataset as wdsw
+
+    path = str(tmp_path / "long.tar")
+    long_key = "d" * 60 + "/" + "k" * 70  # > 100 characters: the name lives in a pax record
+    with wdsw.TarWriter(path) as sink:
+        for i, key in enumerate(["a", long_key + "1", "b", long_key + "2"]):
+            sink.write({"__key__": key, "cls": str(i % 2).encode(), "txt": b"x"})
+    feats = Features(
+        {"cls": Value("int64"), "txt": Value("string"), "__key__": Value("string"), "__url__": Value("string")}
+    )
+    ds = load_pruned(None, KeepList.from_classes([1], label_field="cls"), data_files=[path], features=feats, world=ONE)
+    assert keys_of(ds) == [long_key + "1", long_key + "2"]
+
+
+def test_keep_list_listing_missing_keys_is_an_error(parquet) -> None:
+    root, _ = parquet
+    keep = KeepList.from_samples({"part-00000.parquet": ["p0_001", "p0_gone"]})
+    ds = load_pruned(root, keep, world=ONE)
+    assert len(ds) == 2
+    with pytest.raises(SampleError, match=r"part-00000.parquet: holds fewer kept rows than the 2"):
+        keys_of(ds)
