@@ -1,5 +1,6 @@
 """WebDataset benchmark: PrunedStream against plain webdataset on the same tar shards, in one
-process, configurations interleaved round by round; prints RATIOS of medians.
+process (no DataLoader workers), configurations interleaved round by round; prints RATIOS of
+median CPU times of the process (user + system), which stay put while others share the machine.
 
     python benchmarks/bench_wds.py                       # the issue's setting: 20 x 1000 JPEGs, 100 classes, keep 50%
     python benchmarks/bench_wds.py --nshards 4 --per-shard 200 --rounds 2   # a quick look
@@ -61,17 +62,20 @@ def count(iterable: Any) -> int:
     return n
 
 
-def timed(runs: dict[str, Callable[[], Any]], rounds: int) -> dict[str, tuple[float, int]]:
-    """Median seconds and the item count of each run; runs are interleaved round by round."""
-    times: dict[str, list[float]] = {k: [] for k in runs}
+def timed(runs: dict[str, Callable[[], Any]], rounds: int) -> dict[str, tuple[float, int, float]]:
+    """Per run: median CPU seconds of this process (user + system: steady while others share
+    the machine), item count, median wall seconds. Runs are interleaved round by round."""
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
+    wall: dict[str, list[float]] = {k: [] for k in runs}
     counts: dict[str, int] = {}
     for r in range(rounds):
         order = list(runs) if r % 2 == 0 else list(reversed(runs))
         for name in order:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             counts[name] = count(runs[name]())
-            times[name].append(time.perf_counter() - t)
-    return {k: (statistics.median(v), counts[k]) for k, v in times.items()}
+            cpu[name].append(time.process_time() - c)
+            wall[name].append(time.perf_counter() - t)
+    return {k: (statistics.median(cpu[k]), counts[k], statistics.median(wall[k])) for k in runs}
 
 
 def bench_local(shards: ShardSet, keep_classes: list[int], args: argparse.Namespace) -> dict[str, float]:
@@ -118,8 +122,9 @@ def bench_local(shards: ShardSet, keep_classes: list[int], args: argparse.Namesp
         f"\nlocal: {len(urls)} shards, {n_all} samples, keep {len(kept)} of {args.nclasses} classes = {n_kept} samples"
     )
     print(f"  index: {index_s:.2f}s ({n_all / index_s:,.0f} samples/s, {args.workers} workers)")
-    for name, (sec, n) in res.items():
-        print(f"  {name:<22} {sec:7.3f}s  {n:>7} items  {n / sec:>10,.0f} /s")
+    print(f"  {'':<22} {'cpu':>8} {'wall':>8}  {'items':>7}  {'items/cpu s':>11}")
+    for name, (sec, n, w) in res.items():
+        print(f"  {name:<22} {sec:7.3f}s {w:7.3f}s  {n:>7}  {n / sec:>11,.0f}")
     parse_rate = res["wds parse"][1] / res["wds parse"][0]
     out = {
         "keep-all / plain webdataset (decode)": res["ours keep-all"][0] / res["wds full"][0],
@@ -209,7 +214,7 @@ def main() -> None:
     p.add_argument("--nclasses", type=int, default=100)
     p.add_argument("--image-size", type=int, default=160)
     p.add_argument("--keep", type=float, default=0.5, help="fraction of classes (and of samples, for HTTP) kept")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are compared")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are compared")
     p.add_argument("--workers", type=int, default=2, help="indexing workers")
     p.add_argument("--data", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "dp4tl_bench_wds"))
     p.add_argument("--memory-shards", type=int, nargs="+", default=[20, 2000])
