@@ -93,7 +93,7 @@ class ClassLevel:
             missing = [n for i, n in zip(self.ids, self.names) if i is None]
             if missing:
                 raise ClassMismatchError(
-                    f"keep-list names classes without ids ({_preview(missing)}); pass the dataset's class names"
+                    f"keep-list names classes without ids ({preview(missing)}); pass the dataset's class names"
                 )
             return self.id_set
         lookup = {name: k for k, name in enumerate(dataset_classes)}
@@ -112,7 +112,7 @@ class ClassLevel:
                     out.add(i)
         if unknown:
             raise ClassMismatchError(
-                f"keep-list names {len(unknown)} classes the dataset lacks: {_preview(sorted(unknown))}"
+                f"keep-list names {len(unknown)} classes the dataset lacks: {preview(sorted(unknown))}"
             )
         return frozenset(out)
 
@@ -722,7 +722,8 @@ def _base_provenance() -> dict[str, Any]:
     }
 
 
-def _preview(items: Sequence[object], n: int = 10) -> str:
+def preview(items: Sequence[object], n: int = 10) -> str:
+    """The first `n` items joined by commas, and how many more there are."""
     shown = ", ".join(str(x) for x in items[:n])
     return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")
 

@@ -85,10 +85,12 @@ def split_shards(refs: Sequence[ShardRef], world: World, *, uneven: str = "pad")
     per_rank = per_rank_count(total, world.world_size, uneven)
     lo = world.rank * per_rank + (per_rank * world.worker) // world.num_workers
     hi = world.rank * per_rank + (per_rank * (world.worker + 1)) // world.num_workers
-    return _pieces(refs, np.concatenate([[0], np.cumsum(counts)]), lo, hi, total)
+    return range_pieces(refs, np.concatenate([[0], np.cumsum(counts)]), lo, hi, total)
 
 
-def _pieces(refs: Sequence[ShardRef], bounds: np.ndarray, lo: int, hi: int, total: int) -> list[Piece]:
+def range_pieces(refs: Sequence[ShardRef], bounds: np.ndarray, lo: int, hi: int, total: int) -> list[Piece]:
+    """Positions ``[lo, hi)`` of the kept sequence (wrapping past `total`) as pieces of `refs`;
+    `bounds` are the cumulative kept counts, starting at 0."""
     out: list[Piece] = []
     while lo < hi:
         a = lo % total

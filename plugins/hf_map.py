@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from dp4tl_data.errors import ClassMismatchError, KeepListError, SampleError
-from dp4tl_data.keeplist import KeepList, _preview
+from dp4tl_data.keeplist import KeepList, preview
 from dp4tl_data.shards import per_rank_count
 from dp4tl_data.urls import common_root, stable_name
 from dp4tl_data.world import World
@@ -80,7 +80,7 @@ def keep_mask(
             gone = rule.labels.missing(labels)
             if gone:
                 raise ClassMismatchError(
-                    f"{where}: keep-list names {len(gone)} classes the dataset lacks: {_preview(gone)}"
+                    f"{where}: keep-list names {len(gone)} classes the dataset lacks: {preview(gone)}"
                 )
     return mask
 

@@ -31,7 +31,7 @@ from datasets import IterableDataset, SplitDict, SplitInfo
 from datasets.iterable_dataset import _BaseExamplesIterable
 
 from dp4tl_data.errors import KeepListError, SampleError
-from dp4tl_data.shards import Piece, ShardRef, _pieces, per_rank_count
+from dp4tl_data.shards import Piece, ShardRef, per_rank_count, range_pieces
 from dp4tl_data.state import check_state, make_state
 
 from .hf_read import ReadSpec, read_piece
@@ -78,7 +78,7 @@ class Plan:
         per_rank = self.per_rank() or 0
         bounds = np.concatenate([[0], np.cumsum([int(r.kept or 0) for r in self.refs])])
         n = int(bounds[-1])
-        ranks = [_pieces(self.refs, bounds, r * per_rank, (r + 1) * per_rank, n) for r in range(self.world_size)]
+        ranks = [range_pieces(self.refs, bounds, r * per_rank, (r + 1) * per_rank, n) for r in range(self.world_size)]
         k = max(1, *(len(p) for p in ranks))
         return [[ranks[r][j]] if j < len(ranks[r]) else [] for j in range(k) for r in range(self.world_size)]
 
