@@ -232,3 +232,17 @@ def test_features_refuses_unsafe_checkpoint(world, tmp_path) -> None:
     assert "not a readable weights-only checkpoint" in res.output and not os.path.exists(tmp_path / "pwned")
     manifest = json.load(open(world["base"] / "tgt_feats" / "features.json"))
     assert manifest["complete"] and manifest["dims"] == {"logits": 10, "emb": 16}
+
+
+def test_demo_end_to_end_small(tmp_path) -> None:
+    res = run("demo", "--out", tmp_path, "--per-class", "12", "--seeds", "1", "--epochs", "1", "--ratio", "0.8")
+    out = res.output
+    assert "$ dp4tl train-surrogate" in out and "$ dp4tl prune lm" in out
+    assert "LM keeps at ratio 0.8 (" in out and "| lm @0.8 | 1 |" in out and "| full | 1 |" in out
+    assert "ratio 0.8: pretraining" in out and "10-shot accuracy LM" in out
+    results = json.load(open(tmp_path / "results.json"))
+    arms = {r["arm"] for r in results["rows"]}
+    assert arms == {"full", "untrained", "lm @0.8", "random-class @0.8", "reverse-lm @0.8"}
+    lm = next(r for r in results["rows"] if r["arm"] == "lm @0.8")
+    n = len(results["classes"])
+    assert lm["classes_kept"] == n - round(0.8 * n) and lm["images_kept"] == 12 * lm["classes_kept"]

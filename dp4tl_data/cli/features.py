@@ -74,7 +74,7 @@ def load_from_options(opts: dict[str, Any]) -> Any:
 def progress_bar(total: int | None, desc: str) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, leave=False)
+    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, leave=False, mininterval=2.0)
 
 
 @click.command()

@@ -211,8 +211,14 @@ def mnist5k(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(x[rows], dtype=np.float64).clip(0, 255).astype(np.uint8).reshape(-1, 28, 28), np.asarray(y)[rows]
 
 
-def sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 1,797 8x8 digits, upscaled and centred MNIST-style (28x28)."""
+def sklearn_digits(threshold: float | None = 0.45) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 8x8 digits as 28x28 MNIST-style images.
+
+    Each 8x8 digit is a 4x4-block average of a 32x32 binary bitmap; we upscale it to 32x32 and
+    re-binarise at `threshold` (approximately the original bitmap), then apply MNIST's recipe
+    (fit a 20x20 box, anti-alias, centre of mass at the centre). With ``threshold=None`` the
+    blurry upscaled image is kept as is; a surrogate then maps these digits onto blurred font
+    glyphs rather than onto handwriting (it keys on stroke blur)."""
     require("sklearn", "demo")
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -221,6 +227,8 @@ def sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
     out = np.zeros((len(d.images), 28, 28), dtype=np.uint8)
     for i, im in enumerate(d.images):
         big = Image.fromarray((im * 255.0 / 16.0).astype(np.uint8)).resize((32, 32), Image.Resampling.BICUBIC)
+        if threshold is not None:
+            big = Image.fromarray(np.where(np.asarray(big) > threshold * 255, 255, 0).astype(np.uint8))
         out[i] = mnist_style(big)
     return out, np.asarray(d.target, dtype=np.int64)
 
