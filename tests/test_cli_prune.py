@@ -239,7 +239,7 @@ def test_demo_end_to_end_small(tmp_path) -> None:
     out = res.output
     assert "$ dp4tl train-surrogate" in out and "$ dp4tl prune lm" in out
     assert "LM keeps at ratio 0.8 (" in out and "| lm @0.8 | 1 |" in out and "| full | 1 |" in out
-    assert "ratio 0.8: pretraining" in out and "10-shot accuracy LM" in out
+    assert "ratio 0.8: pretraining" in out and "less CPU time" in out and "10-shot accuracy LM" in out
     results = json.load(open(tmp_path / "results.json"))
     arms = {r["arm"] for r in results["rows"]}
     assert arms == {"full", "untrained", "lm @0.8", "random-class @0.8", "reverse-lm @0.8"}

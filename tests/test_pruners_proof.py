@@ -62,6 +62,7 @@ def test_probe_and_table() -> None:
             "images_kept": 100,
             "steps": 10,
             "seconds": 2.0,
+            "cpu_seconds": 4.0,
             "acc": {"1-shot": 50.0 + s},
         }  # fmt: skip
         for s in range(2)
@@ -75,10 +76,11 @@ def test_probe_and_table() -> None:
             "images_kept": 50,
             "steps": 5,
             "seconds": 1.0,
+            "cpu_seconds": 2.0,
             "acc": {"1-shot": 60.0},
         }  # fmt: skip
     ]
     s = summarise({"rows": rows, "total_images": 100})
     assert s[0]["acc"]["1-shot"] == (50.5, float(np.std([50, 51], ddof=1))) and s[1]["image_fraction"] == 0.5
     table = table_markdown({"rows": rows, "total_images": 100})
-    assert "| lm @0.5 | 1 | 5 | 50 (50%) | 5 | 1.0 | 0.50x | 60.0 ± 0.0 |" in table
+    assert "| lm @0.5 | 1 | 5 | 50 (50%) | 5 | 1.0 | 2.0 | 0.50x | 60.0 ± 0.0 |" in table

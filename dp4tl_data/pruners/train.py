@@ -72,11 +72,13 @@ def has_byte_ranges(index: Any) -> bool:
 
 @dataclass
 class TrainResult:
-    """What a run did: SGD steps, samples seen, wall seconds, epochs, mean loss per epoch."""
+    """What a run did: SGD steps, samples seen, wall and CPU seconds (this process, all threads;
+    robust to other load on the machine), epochs, mean loss per epoch."""
 
     steps: int = 0
     samples: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     epochs: int = 0
     losses: list[float] = field(default_factory=list)
 
@@ -115,7 +117,7 @@ def fit(
     total = steps if steps is not None else (epochs * steps_per_epoch if steps_per_epoch else None)  # type: ignore[operator]
     res = TrainResult(epochs=start_epoch)
     step = start_epoch * steps_per_epoch if steps_per_epoch else 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     epoch = start_epoch
     while (epochs is not None and epoch < epochs) or (steps is not None and step < steps):
         loss_sum, n_batches = 0.0, 0
@@ -145,6 +147,7 @@ def fit(
             on_epoch_end(epoch, module, opt)
     res.steps = step
     res.seconds = time.perf_counter() - t0
+    res.cpu_seconds = time.process_time() - c0
     module.eval()
     return res
 
