@@ -166,6 +166,8 @@ def test_shard_tradeoff_counts(tmp_path):
     assert [r["bytes_read"] for r in rows] == [4000, 3000, 2000]
     assert [r["bytes_saved"] for r in rows] == [1000, 2000, 3000]
     assert rows[1]["time_saved_s"] == pytest.approx(2.0)
+    # reading kept byte ranges only: 5% of a, 50% of b, all of c -> 50 + 500 + 2000 read of 5000
+    assert rows[0]["bytes_saved_ranges"] == pytest.approx(5000 - 2550)
     est = shard_tradeoff(keep, (0.0,), bytes_per_sample=10)[0]
     assert est["bytes_estimated"] and est["bytes_read"] == 4000 and est["bytes_saved"] == 1000
     with pytest.raises(KeepListError, match="no size for 1 kept shards, e.g. 'c.tar'"):

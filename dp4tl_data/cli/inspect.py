@@ -89,8 +89,10 @@ def _plot(keep: KeepList, path: str, images: str | None = None, read_mbps: float
         info = plot_shard_fractions(keep, path, shard_bytes=sizes, read_mb_s=read_mbps)
         est = " (estimated from sample counts)" if info["bytes_estimated"] else ""
         click.echo(
-            f"shards: {info['shards_kept']} kept, {info['shards_left_out']} left out; saves "
-            f"{info['bytes_saved'] / 1e9:.3f} GB{est}, {info['time_saved_s']:.1f} s at {read_mbps:g} MB/s",
+            f"shards: {info['shards_kept']} kept, {info['shards_left_out']} left out; at {read_mbps:g} MB/s saves "
+            f"{info['bytes_saved'] / 1e9:.3f} GB, {info['time_saved_s']:.1f} s streaming whole shards, "
+            f"{info['bytes_saved_ranges'] / 1e9:.3f} GB, {info['time_saved_ranges_s']:.1f} s reading kept "
+            f"samples' byte ranges{est}",
             err=True,
         )
     else:
