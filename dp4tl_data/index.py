@@ -303,7 +303,7 @@ class SourceIndex:
             with fs.open(f"{path}/shards.parquet", "rb") as f:
                 # not pq.read_table: see _keeplist_io (arrow threads on Python files abort at exit)
                 shards = pq.ParquetFile(f, pre_buffer=False).read(use_threads=False)
-            samples = pq.ParquetFile(fs.open(f"{path}/samples.parquet", "rb"))
+            samples = pq.ParquetFile(fs.open(f"{path}/samples.parquet", "rb"), pre_buffer=False)
         except FileNotFoundError as exc:
             raise IndexFileError(f"{url}: missing index file {exc.filename}") from None
         except (OSError, pa.ArrowException) as exc:
@@ -334,5 +334,5 @@ def _read_rows(pf: pq.ParquetFile, start: int, n: int) -> pa.Table:
             groups.append(g)
             first = pos if first is None else first
         pos += rows
-    t = pf.read_row_groups(groups)
+    t = pf.read_row_groups(groups, use_threads=False)
     return t.slice(start - (first or 0), n)
