@@ -33,7 +33,12 @@ def main() -> None:
     )
     ap.add_argument("--out", default=HERE, help="where the table and plots go")
     ap.add_argument("--quick", action="store_true", help="a small smoke run (not the reported numbers)")
+    ap.add_argument("--report-only", action="store_true", help="rewrite table.md and proof.png from results.json")
     args = ap.parse_args()
+    if args.report_only:
+        with open(os.path.join(args.out, "results.json")) as f:
+            report(json.load(f), args.out, None)
+        return
     cfg = ProofConfig(control_ratios=(0.8, 0.9))  # 160 images per class, 10 epochs, ratios 0.5 / 0.8 / 0.9
     if args.quick:
         cfg = ProofConfig(
@@ -55,13 +60,18 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
+    report(results, args.out, work)
+
+
+def report(results: dict, out: str, work: str | None) -> None:
     table = table_markdown(results)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
+    with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table)
-    plot_results(results, os.path.join(args.out, "proof.png"))
-    plot_votes(KeepList.load(os.path.join(work, "lists", "lm-0.8.json")), os.path.join(args.out, "lm_votes.png"))
+    plot_results(results, os.path.join(out, "proof.png"))
+    if work is not None:
+        plot_votes(KeepList.load(os.path.join(work, "lists", "lm-0.8.json")), os.path.join(out, "lm_votes.png"))
     print(table)
-    print(f"work folder: {work}; wrote results.json, table.md, proof.png, lm_votes.png to {args.out}")
+    print(f"work folder: {work}; wrote table.md and proof.png (and results.json, lm_votes.png with a run) to {out}")
 
 
 if __name__ == "__main__":
