@@ -44,21 +44,32 @@ def check_features(x: np.ndarray, what: str, dim: int | None = None) -> np.ndarr
     return arr
 
 
-def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ seeds: each next centre drawn with probability proportional to the squared
-    distance to the nearest centre chosen so far (Arthur & Vassilvitskii, 2007)."""
+def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator, trials: int | None = None) -> np.ndarray:
+    """Greedy k-means++ seeds (Arthur & Vassilvitskii, 2007; the variant scikit-learn uses): each
+    next centre is the best of `trials` candidates (default 2 + ln k) drawn with probability
+    proportional to the squared distance to the nearest centre chosen so far."""
     n, d = x.shape
+    trials = trials or 2 + int(np.log(k))
     centres = np.empty((k, d), dtype=np.float32)
     x2 = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+
+    def sqdist(rows: np.ndarray) -> np.ndarray:  # squared distances of every point to x[rows]
+        return np.maximum(x2[:, None] - 2.0 * (x @ x[rows].T).astype(np.float64) + x2[rows][None, :], 0.0)
+
     j = int(rng.integers(n))
     centres[0] = x[j]
-    d2 = np.maximum(x2 - 2.0 * (x @ x[j]).astype(np.float64) + x2[j], 0.0)
+    d2 = sqdist(np.array([j]))[:, 0]
     for i in range(1, k):
         cum = np.cumsum(d2)
         total = float(cum[-1])
-        j = int(rng.integers(n)) if total <= 0 else int(min(np.searchsorted(cum, rng.random() * total), n - 1))
-        centres[i] = x[j]
-        np.minimum(d2, np.maximum(x2 - 2.0 * (x @ x[j]).astype(np.float64) + x2[j], 0.0), out=d2)
+        if total <= 0:  # fewer distinct points than clusters: repeat one
+            cand = rng.integers(n, size=1)
+        else:
+            cand = np.minimum(np.searchsorted(cum, rng.random(trials) * total), n - 1)
+        new = np.minimum(d2[:, None], sqdist(cand))
+        best = int(np.argmin(new.sum(axis=0)))
+        centres[i] = x[cand[best]]
+        d2 = new[:, best]
     return centres
 
 
@@ -71,7 +82,7 @@ def kmeans(
     max_points_per_centroid: int = 256,
     spherical: bool = False,
     init: str = "k-means++",
-    init_points_per_centroid: int = 8,
+    init_points_per_centroid: int = 16,
 ) -> KMeansResult:
     """k-means of the rows of `x` into `k` clusters (faiss; trains on at most
     `max_points_per_centroid` x k rows, like faiss does by default).

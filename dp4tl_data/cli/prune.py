@@ -42,6 +42,9 @@ def output_paths(output: str, method: str, ratios: list[float]) -> dict[float, s
 )
 @click.option("--clusters", type=int, default=None, help="FM: k-means clusters (default 1000).")
 @click.option("--niter", type=int, default=None, help="FM: k-means iterations (default 20).")
+@click.option(
+    "--points-per-centroid", type=int, default=None, help="FM: k-means training rows per cluster (default 256)."
+)
 @click.option("--level", type=click.Choice(["sample", "shard"]), default=None, help="FM: sample- or shard-level list.")
 @click.option(
     "--shard-min-fraction", type=float, default=None, help="FM --level shard: keep shards above this kept fraction."
@@ -113,6 +116,7 @@ PARAM_OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "soft": ("mode", lambda v: "soft" if v else "hard"),
     "clusters": ("clusters", int),
     "niter": ("niter", int),
+    "points_per_centroid": ("max_points_per_centroid", int),
     "level": ("level", str),
     "shard_min_fraction": ("shard_min_fraction", float),
     "encoding": ("encoding", str),
