@@ -397,7 +397,7 @@ def plot_results(results: dict[str, Any], path: str, shots: Sequence[str] = ("1-
     import matplotlib.pyplot as plt
 
     summary = summarise(results)
-    fig, axes = plt.subplots(1, len(shots) + 1, figsize=(5.2 * (len(shots) + 1), 4.2))
+    fig, axes = plt.subplots(1, len(shots) + 1, figsize=(5.2 * (len(shots) + 1), 4.8))
     for ax, key in zip(axes, shots):
         for s in summary:
             if s["method"] in ("full", "none"):
@@ -415,7 +415,8 @@ def plot_results(results: dict[str, Any], path: str, shots: Sequence[str] = ("1-
         ax.set_ylabel(f"target accuracy, {key} linear probe (%)")
         ax.set_title(f"{key} probe on sklearn digits")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     ax = axes[-1]
     for method, color in {**COLORS, "full": "black"}.items():
         pts = [(s["image_fraction"], s["cpu_seconds"]) for s in summary if s["method"] == method]
@@ -427,6 +428,6 @@ def plot_results(results: dict[str, Any], path: str, shots: Sequence[str] = ("1-
     ax.set_title("pretraining time vs images kept")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
