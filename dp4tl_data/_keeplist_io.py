@@ -3,7 +3,8 @@
 Layout for ``keep.json``::
 
     keep.json                 manifest: format, version, classes, provenance, scores
-    keep.shards.parquet       one row per kept shard: name, encoding, kept, total, offset, length, crc32
+    keep.shards.parquet       one row per kept shard: name, encoding, kept, total, offset, length,
+                              crc32 (of the compressed payload), sha256 (of the uncompressed payload)
     keep.samples.bin          zlib-compressed payloads, one per sample-level shard
 
 Why this format: JSON and Parquet need no pickle and every language reads them; a shard's
@@ -11,12 +12,16 @@ payload is one range read (``fs.cat_file(url, start, end)``), so a reader touche
 shards it serves. A bitmap costs one bit per indexed sample before compression: 2 billion
 samples in 231k shards is at most 250 MB of payload plus a few MB of table, and much less
 when kept samples cluster. Key payloads (sorted, newline-joined keys) suit lists made without
-an index. Everything read here is untrusted: names are checked, offsets bounded, sizes verified.
+an index. Everything read here is untrusted: names are checked, offsets bounded, payloads
+inflated only up to their expected size (no decompression bombs) and checked against their
+sha256, and the manifest's fingerprint is recomputed from the shard table on load, so an edited
+list cannot pass for the one a resume state or a provenance record names.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import posixpath
 import zlib
@@ -29,13 +34,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import KeepListError
-from .keeplist import ENCODINGS, ClassLevel, KeepList, ShardEntry, compress
+from .keeplist import ENCODINGS, MAX_KEY_CHARS, ClassLevel, KeepList, ShardEntry, compress, content_fingerprint
 from .urls import check_shard_name
 
 FORMAT = "dp4tl-keeplist"
 VERSION = 1
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
-_TABLE_COLUMNS = ("name", "encoding", "kept", "total", "offset", "length", "crc32")
+_INT_COLUMNS = ("kept", "total", "offset", "length")
+_TABLE_COLUMNS = ("name", "encoding", "kept", "total", "offset", "length", "crc32", "sha256")
+MAX_INFLATED_KEYS_BYTES = 1 << 30  # a key payload of unknown count inflates to at most 1 GiB
+
+
+def sha256(raw: bytes) -> bytes:
+    return hashlib.sha256(raw).digest()
 
 
 def _sidecar(url: str, suffix: str) -> str:
@@ -53,7 +64,8 @@ def save_keeplist(keep: KeepList, url: str, **storage_options: Any) -> str:
         table = ShardTableWriter(url, **storage_options)
         for name in sorted(keep.shards):
             e = keep.shards[name]
-            table.add(name, e.encoding, e.kept, e.total, compress(e.payload()) if e.encoding != "all" else b"")
+            raw = e.payload()
+            table.add(name, e.encoding, e.kept, e.total, compress(raw) if e.encoding != "all" else b"", sha256(raw))
         shards = table.finish()
     classes = keep.classes.to_json() if keep.classes is not None else None
     return write_manifest(url, keep.fingerprint, classes, shards, keep.provenance, keep.scores, **storage_options)
@@ -68,6 +80,7 @@ _TABLE_SCHEMA = pa.schema(
         ("offset", pa.int64()),
         ("length", pa.int64()),
         ("crc32", pa.uint32()),
+        ("sha256", pa.binary(32)),
     ]
 )
 
@@ -86,8 +99,9 @@ class ShardTableWriter:
         self._offset = 0
         self._out = fsspec.open(_sibling(url, self.payload_name), "wb", **storage_options).open()
 
-    def add(self, name: str, encoding: str, kept: int | None, total: int | None, blob: bytes) -> None:
-        """Append one shard's compressed payload (``b""`` for ``all``) and its row."""
+    def add(self, name: str, encoding: str, kept: int | None, total: int | None, blob: bytes, digest: bytes) -> None:
+        """Append one shard's compressed payload (``b""`` for ``all``) and its row; `digest` is the
+        sha256 of the uncompressed payload."""
         self._out.write(blob)
         for c, v in (
             ("name", name),
@@ -97,6 +111,7 @@ class ShardTableWriter:
             ("offset", self._offset),
             ("length", len(blob)),
             ("crc32", zlib.crc32(blob)),
+            ("sha256", digest),
         ):
             self._cols[c].append(v)
         self._offset += len(blob)
@@ -178,6 +193,9 @@ def load_keeplist(url: str, **storage_options: Any) -> KeepList:
     fp = manifest.get("fingerprint")
     if not isinstance(fp, str):
         raise _fail(url, "'fingerprint' must be a string")
+    actual = content_fingerprint(manifest.get("classes"), shards.fingerprint_rows() if shards is not None else None)
+    if actual != fp:
+        raise _fail(url, f"fingerprint {fp[:16]} does not match the list's content ({actual[:16]}): edited or corrupt")
     keep = KeepList(classes=classes, shards=shards, provenance={}, scores=scores, _fingerprint=fp)
     keep.provenance = prov
     return keep
@@ -230,12 +248,26 @@ class LazyShards(Mapping[str, ShardEntry]):
         bad = sorted({e for e in self._enc if e not in ENCODINGS})
         if bad:
             raise _fail(url, f"unknown shard encodings {bad}")
+        for col, typ in (
+            ("name", pa.string()),
+            ("encoding", pa.string()),
+            *((c, pa.int64()) for c in _INT_COLUMNS),
+            ("crc32", pa.uint32()),
+            ("sha256", pa.binary(32)),
+        ):
+            column = table.column(col)
+            if column.type != typ or column.null_count:
+                raise _fail(url, f"shard table column {col!r} must be non-null {typ}, found {column.type}")
         self._kept = table.column("kept").to_numpy()
         self._total = table.column("total").to_numpy()
         self._off = table.column("offset").to_numpy()
         self._len = table.column("length").to_numpy()
         self._crc = table.column("crc32").to_numpy()
-        if (self._off < 0).any() or (self._len < 0).any() or ((self._off + self._len) > payload_size).any():
+        self._sha = table.column("sha256").to_pylist()
+        limit = np.int64(1) << 62  # no int64 overflow in off + len below
+        if ((self._off < 0) | (self._len < 0) | (self._off > limit) | (self._len > limit)).any() or (
+            (self._off + self._len) > payload_size
+        ).any():
             raise _fail(url, f"payload file is truncated or offsets are out of range ({payload_size} bytes)")
         self._cache: dict[str, ShardEntry] = {}
 
@@ -272,9 +304,29 @@ class LazyShards(Mapping[str, ShardEntry]):
         if len(blob) != length or zlib.crc32(blob) != int(self._crc[i]):
             raise _fail(self._url, f"payload of shard {name!r} is corrupt (checksum mismatch)")
         try:
-            return zlib.decompress(blob)
+            inflater = zlib.decompressobj()
+            raw = inflater.decompress(blob, self._max_inflated(i) + 1)
         except zlib.error as exc:
             raise _fail(self._url, f"payload of shard {name!r} is corrupt ({exc})") from None
+        if len(raw) > self._max_inflated(i) or inflater.unconsumed_tail or not inflater.eof:
+            raise _fail(self._url, f"payload of shard {name!r} inflates beyond its expected size")
+        if sha256(raw) != self._sha[i]:
+            raise _fail(self._url, f"payload of shard {name!r} does not match its sha256")
+        return raw
+
+    def _max_inflated(self, i: int) -> int:
+        """The most bytes shard row `i`'s payload may inflate to: its bitmap, or its keys."""
+        kept, total = int(self._kept[i]), int(self._total[i])
+        if self._enc[i] == "bitmap":
+            return (max(total, 0) + 7) // 8
+        if kept >= 0:
+            return kept * (MAX_KEY_CHARS * 4 + 1)  # UTF-8: at most 4 bytes a character
+        return MAX_INFLATED_KEYS_BYTES
+
+    def fingerprint_rows(self) -> list[tuple[str, str, int | None, bytes]]:
+        """(name, encoding, kept, payload sha256) per shard, for `content_fingerprint`."""
+        kept = self._kept.tolist()
+        return [(n, e, None if k < 0 else k, d) for n, e, k, d in zip(self._names, self._enc, kept, self._sha)]
 
     def counts(self) -> dict[str, int | None]:
         """Kept count per shard, without reading any payload."""

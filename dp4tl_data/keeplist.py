@@ -28,6 +28,7 @@ from .urls import check_shard_name
 
 Encoding = Literal["all", "keys", "bitmap"]
 ENCODINGS: tuple[str, ...] = ("all", "keys", "bitmap")
+MAX_KEY_CHARS = 4096  # a sample key longer than this is refused (bounds key payloads on load)
 
 
 # --------------------------------------------------------------------------- class level
@@ -215,7 +216,7 @@ class ShardEntry:
         if keys is not None:
             ks = frozenset(keys)
             for k in ks:
-                if not isinstance(k, str) or not k or "\n" in k:
+                if not isinstance(k, str) or not k or "\n" in k or len(k) > MAX_KEY_CHARS:
                     raise KeepListError(f"shard {name!r}: invalid sample key {k!r}")
             self._keys = ks
             kept = len(ks)
@@ -238,7 +239,10 @@ class ShardEntry:
             raise KeepListError(f"shard {self.name!r} is stored as {self.encoding!r}, not as keys")
         if self._keys is None:
             raw = self._raw()
-            self._keys = frozenset(raw.decode("utf-8").split("\n")) if raw else frozenset()
+            try:
+                self._keys = frozenset(raw.decode("utf-8").split("\n")) if raw else frozenset()
+            except UnicodeDecodeError:
+                raise KeepListError(f"shard {self.name!r}: key payload is not UTF-8 text") from None
             if self.kept is not None and len(self._keys) != self.kept:
                 raise KeepListError(
                     f"shard {self.name!r}: payload holds {len(self._keys)} keys, manifest says {self.kept}"
@@ -494,15 +498,14 @@ class KeepList:
     def fingerprint(self) -> str:
         """A content hash of what the list keeps (not of its provenance)."""
         if self._fingerprint is None:
-            h = hashlib.sha256()
-            if self.classes is not None:
-                h.update(json.dumps(self.classes.to_json(), sort_keys=True).encode())
+            classes = self.classes.to_json() if self.classes is not None else None
+            rows = None
             if self.shards is not None:
-                for name in sorted(self.shards):
-                    e = self.shards[name]
-                    h.update(f"\x1e{name}\x1f{e.encoding}\x1f{e.kept}\x1f".encode())
-                    h.update(hashlib.sha256(e.payload()).digest())
-            self._fingerprint = h.hexdigest()
+                rows = [
+                    (n, self.shards[n].encoding, self.shards[n].kept, hashlib.sha256(self.shards[n].payload()).digest())
+                    for n in sorted(self.shards)
+                ]
+            self._fingerprint = content_fingerprint(classes, rows)
         return self._fingerprint
 
     def stats(self) -> dict[str, Any]:
@@ -677,6 +680,21 @@ class KeepList:
 
     def __iter__(self) -> Iterator[str]:
         raise TypeError("KeepList is not iterable; use .classes or .shards")
+
+
+def content_fingerprint(
+    classes: dict[str, Any] | None, rows: Iterable[tuple[str, str, int | None, bytes]] | None
+) -> str:
+    """The keep-list fingerprint from the class level and, per shard in name order, (name,
+    encoding, kept, sha256 of the uncompressed payload): computable from a stored shard table
+    without reading a payload, so a loaded list's fingerprint is verified, not trusted."""
+    h = hashlib.sha256()
+    if classes is not None:
+        h.update(json.dumps(classes, sort_keys=True).encode())
+    for name, encoding, kept, digest in sorted(rows or ()):
+        h.update(f"\x1e{name}\x1f{encoding}\x1f{kept}\x1f".encode())
+        h.update(digest)
+    return h.hexdigest()
 
 
 def _combine_shards(a: Mapping[str, ShardEntry], b: Mapping[str, ShardEntry], op: str) -> dict[str, ShardEntry]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._keeplist_io import ShardTableWriter, write_manifest
 from .errors import KeepListError, PrunerError
-from .keeplist import KeepList, ShardEntry, compress
+from .keeplist import KeepList, ShardEntry, compress, content_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -96,19 +96,16 @@ class KeepListWriter:
     def _add(self, entry: ShardEntry) -> int:
         raw = entry.payload()
         blob = compress(raw) if entry.encoding != "all" else b""
-        self._table.add(entry.name, entry.encoding, entry.kept, entry.total, blob)
-        self._rows.append((entry.name, entry.encoding, entry.kept, hashlib.sha256(raw).digest()))
+        digest = hashlib.sha256(raw).digest()
+        self._table.add(entry.name, entry.encoding, entry.kept, entry.total, blob, digest)
+        self._rows.append((entry.name, entry.encoding, entry.kept, digest))
         self.samples_kept += entry.kept or 0
         return entry.kept or 0
 
     @property
     def fingerprint(self) -> str:
         """`KeepList.fingerprint` of what was added so far (same definition, same value)."""
-        h = hashlib.sha256()
-        for name, encoding, kept, digest in sorted(self._rows):
-            h.update(f"\x1e{name}\x1f{encoding}\x1f{kept}\x1f".encode())
-            h.update(digest)
-        return h.hexdigest()
+        return content_fingerprint(None, self._rows)
 
     def close(self) -> str:
         """Write the shard table and the manifest; returns the keep-list URL."""

@@ -210,3 +210,111 @@ def test_memory_fs_files_are_what_the_docs_say():
         "keep.samples.bin",
         "keep.shards.parquet",
     ]
+
+
+def _rewrite_table(tmp_path, url: str, edit) -> None:
+    """Apply `edit(cols)` to the shard table and re-sign the manifest like an attacker would."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dp4tl_data._keeplist_io import _TABLE_SCHEMA
+    from dp4tl_data.keeplist import content_fingerprint
+
+    tpath = str(tmp_path / "keep.shards.parquet")
+    cols = pq.read_table(tpath).to_pydict()
+    edit(cols)
+    pq.write_table(pa.table(cols, schema=_TABLE_SCHEMA), tpath)
+    rows = [
+        (n, e, None if k < 0 else k, d)
+        for n, e, k, d in zip(cols["name"], cols["encoding"], cols["kept"], cols["sha256"])
+    ]
+    _edit(url, lambda m: m.update(fingerprint=content_fingerprint(m["classes"], rows)))
+
+
+def test_decompression_bomb_is_refused_before_inflating(tmp_path):
+    import hashlib
+    import zlib
+
+    url = str(tmp_path / "keep.json")
+    KeepList.from_masks({"s.tar": np.array([True] * 8)}).save(url)
+    raw = b"\xff" * (64 * 1024 * 1024)  # 64 MiB of bits for a shard of 8 samples
+    blob = zlib.compress(raw, 9)
+    (tmp_path / "keep.samples.bin").write_bytes(blob)
+
+    def edit(cols):
+        cols.update(length=[len(blob)], crc32=[zlib.crc32(blob)], sha256=[hashlib.sha256(raw).digest()])
+
+    _rewrite_table(tmp_path, url, edit)
+    keep = KeepList.load(url)
+    with pytest.raises(KeepListError, match="payload of shard 's.tar' inflates beyond its expected size"):
+        keep.shard("s.tar").mask()
+
+
+def test_edited_shard_table_no_longer_matches_its_fingerprint(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    url = _saved(tmp_path, "samples")
+    tpath = str(tmp_path / "keep.shards.parquet")
+    t = pq.read_table(tpath)
+    pq.write_table(t.set_column(2, "kept", pa.array([1, 1], pa.int64())), tpath)  # lie about counts
+    with pytest.raises(KeepListError, match="does not match the list's content"):
+        KeepList.load(url)
+
+
+def test_payload_must_match_its_sha256(tmp_path):
+    import zlib
+
+    url = _saved(tmp_path, "samples")
+    blob = zlib.compress(b"k1\nk9")  # same length class of payload, other keys
+    data = (tmp_path / "keep.samples.bin").read_bytes()
+    e = KeepList.load(url).shards
+    off, length = int(e._off[0]), int(e._len[0])
+    (tmp_path / "keep.samples.bin").write_bytes(data[:off] + blob + data[off + length :])
+
+    def edit(cols):
+        cols["length"][0] = len(blob)
+        cols["crc32"][0] = zlib.crc32(blob)
+        cols["offset"][1] = off + len(blob)
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dp4tl_data._keeplist_io import _TABLE_SCHEMA
+
+    tpath = str(tmp_path / "keep.shards.parquet")
+    cols = pq.read_table(tpath).to_pydict()
+    edit(cols)
+    pq.write_table(pa.table(cols, schema=_TABLE_SCHEMA), tpath)
+    with pytest.raises(KeepListError, match="payload of shard 'train/a.tar' does not match its sha256"):
+        KeepList.load(url).shard("train/a.tar").keys()
+
+
+def test_shard_table_types_and_nulls_are_checked(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    url = _saved(tmp_path, "samples")
+    tpath = str(tmp_path / "keep.shards.parquet")
+    t = pq.read_table(tpath)
+    pq.write_table(t.set_column(2, "kept", pa.array([None, 1], pa.int64())), tpath)
+    with pytest.raises(KeepListError, match="column 'kept' must be non-null int64"):
+        KeepList.load(url)
+
+
+def test_non_utf8_keys_are_a_clear_error(tmp_path):
+    import hashlib
+    import zlib
+
+    url = str(tmp_path / "keep.json")
+    KeepList.from_samples({"a.tar": ["k"]}).save(url)
+    raw = b"\xff\xfe"
+    blob = zlib.compress(raw)
+    (tmp_path / "keep.samples.bin").write_bytes(blob)
+    _rewrite_table(
+        tmp_path,
+        url,
+        lambda c: c.update(length=[len(blob)], crc32=[zlib.crc32(blob)], sha256=[hashlib.sha256(raw).digest()]),
+    )
+    with pytest.raises(KeepListError, match="key payload is not UTF-8"):
+        KeepList.load(url).shard("a.tar").keys()
