@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._version import __version__
-from .errors import IndexFileError, KeepListError
-from .urls import check_shard_name
+from .errors import IndexFileError, KeepListError, ShardError
+from .urls import check_root, check_shard_name
 
 FORMAT = "dp4tl-index"
 VERSION = 1
@@ -312,15 +312,38 @@ class SourceIndex:
             raise IndexFileError(
                 f"{url}: shards.parquet has columns {shards.schema.names}, expected {SHARD_SCHEMA.names}"
             )
-        for n in shards.column("name").to_pylist():
-            try:
-                check_shard_name(n, where=url)
-            except KeepListError as exc:
-                raise IndexFileError(str(exc)) from None
+        _check_shard_table(url, meta, shards)
         total = int(shards.column("nsamples").to_numpy().sum()) if shards.num_rows else 0
         if samples.metadata.num_rows != total:
             raise IndexFileError(f"{url}: samples.parquet has {samples.metadata.num_rows} rows, shards list {total}")
         return cls(meta, shards, samples, url=url)
+
+
+def _check_shard_table(url: str, meta: dict[str, Any], shards: pa.Table) -> None:
+    """What `build` guarantees, checked again on untrusted files: types, safe unique names,
+    non-negative counts, contiguous row ranges, a string fingerprint and a data-filesystem root."""
+    for col, typ in zip(SHARD_SCHEMA.names, SHARD_SCHEMA.types):
+        column = shards.column(col)
+        if column.type != typ or (col in ("name", "nsamples", "row_start") and column.null_count):
+            raise IndexFileError(f"{url}: shards.parquet column {col!r} must be {typ}, found {column.type}")
+    names = shards.column("name").to_pylist()
+    for n in names:
+        try:
+            check_shard_name(n, where=url)
+        except KeepListError as exc:
+            raise IndexFileError(str(exc)) from None
+    if len(set(names)) != len(names):
+        raise IndexFileError(f"{url}: shards.parquet lists a shard twice")
+    n = shards.column("nsamples").to_numpy()
+    start = shards.column("row_start").to_numpy()
+    if (n < 0).any() or not np.array_equal(start, np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)):
+        raise IndexFileError(f"{url}: shards.parquet row ranges are negative or not contiguous")
+    if not isinstance(meta.get("fingerprint"), str):
+        raise IndexFileError(f"{url}: index.json lacks a string 'fingerprint'")
+    try:
+        check_root(meta.get("root", ""), url)
+    except ShardError as exc:
+        raise IndexFileError(str(exc)) from None
 
 
 def _read_rows(pf: pq.ParquetFile, start: int, n: int) -> pa.Table:

@@ -79,3 +79,22 @@ def stable_name(url: str, root: str) -> str:
         return check_shard_name(rel, where=url)
     except KeepListError as exc:
         raise ShardError(str(exc)) from None
+
+
+DATA_SCHEMES = frozenset(
+    {"", "file", "local", "http", "https", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "hf", "memory"}
+)
+
+
+def check_root(root: object, where: str) -> str:
+    """A dataset root read from an untrusted file (an index): a plain path or a URL of a data
+    filesystem. Command URLs (``pipe:``), fsspec chains (``a::b``) and other schemes are refused."""
+    if not isinstance(root, str):
+        raise ShardError(f"{where}: dataset root must be a string, found {type(root).__name__}")
+    if "::" in root or root.startswith(COMMAND_PREFIXES) or "\x00" in root or "\n" in root:
+        raise ShardError(f"{where}: dataset root {root!r} is a command or a chained URL; refused")
+    m = _SCHEME.match(root)
+    scheme = root[: m.end() - 1].lower() if m and not _WINDOWS_DRIVE.match(root) else ""
+    if scheme not in DATA_SCHEMES:
+        raise ShardError(f"{where}: dataset root {root!r} uses scheme {scheme!r}, not a data filesystem")
+    return root

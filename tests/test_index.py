@@ -120,3 +120,50 @@ def test_index_refuses_duplicate_and_unsafe_shards():
         SourceIndex.build([(IndexedShard("x.tar", 1), t), (IndexedShard("x.tar", 1), t)], kind="t")
     with pytest.raises(Exception, match="escapes"):
         SourceIndex.build([(IndexedShard("../x.tar", 1), t)], kind="t")
+
+
+def _rewrite_shards(url: str, edit) -> None:
+    import pyarrow as pa
+
+    from dp4tl_data.index import SHARD_SCHEMA
+
+    cols = pq.read_table(f"{url}/shards.parquet").to_pydict()
+    edit(cols)
+    pq.write_table(pa.table(cols, schema=SHARD_SCHEMA), f"{url}/shards.parquet")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c.update(name=[c["name"][0]] * 4), "lists a shard twice"),
+        (lambda c: c.update(row_start=[0, 0, 30, 60]), "not contiguous"),
+        (lambda c: c.update(nsamples=[-30, 60, 60, 30]), "negative or not contiguous"),
+        (lambda c: c.update(name=["../x.tar", *c["name"][1:]]), "escapes"),
+    ],
+)
+def test_untrusted_shard_tables_are_checked(tmp_path, edit, message):
+    url = str(tmp_path / "i")
+    make_index().save(url)
+    _rewrite_shards(url, edit)
+    with pytest.raises(IndexFileError, match=message):
+        SourceIndex.load(url)
+
+
+@pytest.mark.parametrize(
+    "root, message",
+    [
+        ("pipe:curl http://x/", "is a command or a chained URL"),
+        ("simplecache::http://host/data", "is a command or a chained URL"),
+        ("ftp://host/data", "not a data filesystem"),
+        (7, "must be a string"),
+    ],
+)
+def test_untrusted_roots_are_refused(tmp_path, root, message):
+    url = str(tmp_path / "i")
+    make_index().save(url)
+    meta = json.load(open(f"{url}/index.json"))
+    json.dump({**meta, "root": root}, open(f"{url}/index.json", "w"))
+    with pytest.raises(IndexFileError, match=message):
+        SourceIndex.load(url)
+    json.dump({**meta, "root": "s3://bucket/laion"}, open(f"{url}/index.json", "w"))
+    assert SourceIndex.load(url).root == "s3://bucket/laion"
