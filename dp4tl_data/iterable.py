@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from .errors import SampleError
+from .errors import SampleError, StateError
 from .keeplist import KeepList
 from .members import SampleFilter
 from .shards import per_rank_count
@@ -68,6 +68,8 @@ class PrunedIterable:
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch (kept in the state; sources that shuffle read it from there)."""
+        if epoch != self.epoch:
+            self._skip = 0  # a loaded position belongs to the epoch it was taken in
         self.epoch = epoch
         if hasattr(self.source, "set_epoch"):
             self.source.set_epoch(epoch)
@@ -110,8 +112,15 @@ class PrunedIterable:
         """Resume: the next iteration skips the samples this reader already yielded."""
         w = self._world()
         check_state(state, keep=self.keep.fingerprint, world_size=w.world_size if self.split else 1)
+        pos = state["position"]
+        for field, expected in (("rank", w.rank), ("worker", w.worker), ("num_workers", w.num_workers)):
+            if pos.get(field) != expected:
+                raise StateError(f"state position {field}: found {pos.get(field)!r}, expected {expected!r}")
+        yielded = pos.get("yielded")
+        if not isinstance(yielded, int) or yielded < 0:
+            raise StateError(f"state position yielded: found {yielded!r}, expected a count")
         self.epoch = int(state["epoch"])
-        self._skip = int(state["position"].get("yielded", 0))
+        self._skip = yielded
 
     def stats(self) -> dict[str, Any]:
         """Counters of the last (or current) pass."""
@@ -179,12 +188,16 @@ class PrunedIterable:
             if emitted > skip:
                 self._yielded += 1
                 yield head[(j * ranks + rank - g) % g]
-        self._yielded = 0
 
     def _check_complete(self, total: int, per_shard: Counter[str | None]) -> None:
         if not self.check_complete:
             return
         expected = self.expected_total()
+        if expected is not None and total > expected:
+            raise SampleError(
+                f"keep-list lists {expected} samples but the source yielded {total} kept samples: "
+                "a key appears more than once in a shard"
+            )
         if expected is None or total >= expected or self.last_stats.skipped:
             return
         assert self.keep.shards is not None

@@ -292,3 +292,27 @@ def test_map_dataset_without_labels_is_a_clear_error():
     with pytest.raises(SampleError, match="NoLabels has no 'targets' or 'labels'; pass label_fn="):
         PrunedStream(NoLabels(), KEEP)
     assert len(PrunedStream(NoLabels(), KEEP, label_fn=lambda i: 4 if i == 1 else 0)) == 1
+
+
+def test_resume_state_belongs_to_its_reader_and_epoch():
+    stream = PrunedStream(Stream(), KEEP, world=World(0, 1, 0, 2))
+    it = iter(stream)
+    next(it)
+    state = stream.state_dict()
+    single = PrunedStream(Stream(), KEEP)
+    with pytest.raises(StateError, match="state position worker|state position num_workers: found 2, expected 1"):
+        single.load_state_dict(state)
+    # a state taken at the end of an epoch resumes to an empty remainder, not a replay
+    done = PrunedStream(Stream(), KEEP)
+    assert len(list(done)) == len(EXPECTED)
+    again = PrunedStream(Stream(), KEEP)
+    again.load_state_dict(done.state_dict())
+    assert list(again) == []
+    again.set_epoch(1)  # a new epoch starts from the beginning
+    assert len(list(again)) == len(EXPECTED)
+
+
+def test_a_key_repeated_in_the_source_is_not_silent():
+    samples = [{"__key__": k, "label": 1} for k in ("a", "b", "a", "c")]
+    with pytest.raises(SampleError, match="a key appears more than once"):
+        list(PrunedStream(samples, KeepList.from_samples({"s.tar": ["a", "c"]})))
