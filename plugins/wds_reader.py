@@ -336,6 +336,7 @@ def _stream(
     sample: dict[str, Any] = {}
     held: list[Any] = []
     end = 0
+    seen: set[str] = set()  # keys of this shard so far: a repeated key would shift positions
 
     def read(m: tarfile.TarInfo) -> bytes:
         fobj = tar.extractfile(m)
@@ -384,6 +385,9 @@ def _stream(
                 yield kept - 1, out
             if stop is not None and kept >= stop:
                 return
+            if k in seen:
+                raise ShardError(f"{url}: key {k!r} appears twice (a sample's members must be contiguous, keys unique)")
+            seen.add(k)
             key, pos, sample, held = k, pos + 1, base_sample(k, url, path), []
             decision, wanted = None, False
             if not needs_label:

@@ -211,8 +211,8 @@ def listed_counts(keep: KeepList, names: Iterable[str]) -> dict[str, int] | None
         entry = keep.shard(name)
         if entry is None:
             continue
-        if entry.kept is None:
-            return None
+        if entry.kept is None or entry.encoding == "all":
+            return None  # a whole shard's count is a claim about the data, not a list of samples
         out[name] = entry.kept
     return out
 

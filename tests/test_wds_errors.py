@@ -196,3 +196,19 @@ def test_foreign_and_mismatched_keep_lists(good):
     wrong_field = KeepList.from_classes([1], label_field="label")
     with pytest.raises(KeepListError, match="label field 'label', the index to 'cls'"):
         PrunedStream(paths, wrong_field, index=idx)
+
+
+def test_repeated_key_without_index_is_an_error(tmp_path):
+    samples = labelled("r", 4)
+    samples[2] = dict(samples[0])  # keys r_0000, r_0001, r_0000, r_0003
+    path = str(tmp_path / "d" / "r.tar")
+    write_tar(path, samples)
+    with pytest.raises(ShardError, match=r"r.tar: key 'r_0000' appears twice"):
+        keys(PrunedStream([path], KeepList.from_samples({"r.tar": ["r_0000", "r_0003"]})))
+
+
+def test_whole_shard_counts_in_a_list_do_not_cut_a_shard_short(good):
+    paths, _ = good
+    claimed = KeepList.from_shards({"s0.tar": 2})  # a list that under-counts the shard
+    got = keys(PrunedStream([paths[0]], claimed))
+    assert got == [f"s0_{i:04d}" for i in range(12)]
