@@ -130,6 +130,7 @@ class KeepRule:
     on_error: str = "raise"
     stats: FilterStats = field(default_factory=FilterStats)
     _value_sets: dict[str, pa.Array] = field(default_factory=dict, repr=False)
+    _matched: dict[str, set[str]] = field(default_factory=dict, repr=False)
     _all_keys: pa.Array | None = field(default=None, repr=False)
 
     @property
@@ -184,7 +185,10 @@ class KeepRule:
         if entry.encoding == "all":
             return np.ones(n, dtype=bool)
         if entry.encoding == "keys":
-            return _to_numpy(pc.is_in(self._keys(table, where), value_set=self._value_set(entry)))
+            keys = self._keys(table, where)
+            hit = _to_numpy(pc.is_in(keys, value_set=self._value_set(entry)))
+            self._check_unique(shard, keys.filter(pa.array(hit)).to_pylist(), where)
+            return hit
         bits = entry.mask()
         if start + n > len(bits):
             raise KeepListError(
@@ -192,6 +196,14 @@ class KeepRule:
                 "the file changed since it was indexed"
             )
         return np.asarray(bits[start : start + n], dtype=bool)
+
+    def _check_unique(self, shard: str, hits: list[str], where: str) -> None:
+        """A kept key seen twice in one file would be yielded twice and crowd out another."""
+        seen = self._matched.setdefault(shard, set())
+        for k in hits:
+            if k in seen:
+                raise SampleError(f"{where}: key {k!r} appears twice in shard {shard!r}")
+            seen.add(k)
 
     def _keys(self, table: pa.Table, where: str) -> pa.ChunkedArray:
         return column(table, self.key_field, where, what="key")

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import datasets  # noqa: E402,F401 - a dev dependency: these tests must run, never skip
 import pytest
-
-datasets = pytest.importorskip("datasets")
-
 from datasets.distributed import split_dataset_by_node  # noqa: E402
 from dp4tl_data.plugins.hf import load_pruned  # noqa: E402
 

@@ -7,11 +7,9 @@ import json
 import os
 from collections import Counter
 
+import datasets  # noqa: E402,F401 - a dev dependency: these tests must run, never skip
 import numpy as np
 import pytest
-
-datasets = pytest.importorskip("datasets")
-
 from click.testing import CliRunner  # noqa: E402
 from datasets import ClassLabel, Dataset, Features, Value  # noqa: E402
 from dp4tl_data.plugins import hf_files  # noqa: E402

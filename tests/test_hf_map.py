@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
+import datasets  # noqa: E402,F401 - a dev dependency: these tests must run, never skip
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-datasets = pytest.importorskip("datasets")
-
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset  # noqa: E402
 from datasets.distributed import split_dataset_by_node  # noqa: E402
 

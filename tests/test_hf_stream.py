@@ -9,11 +9,9 @@ from __future__ import annotations
 import os
 from collections import Counter
 
+import datasets  # noqa: E402,F401 - a dev dependency: these tests must run, never skip
 import numpy as np
 import pytest
-
-datasets = pytest.importorskip("datasets")
-
 from datasets import ClassLabel, Dataset, Features, IterableDataset, Value, load_dataset  # noqa: E402
 from dp4tl_data.plugins.hf import load_pruned  # noqa: E402
 
@@ -285,3 +283,13 @@ def test_keep_list_listing_missing_keys_is_an_error(parquet) -> None:
     assert len(ds) == 2
     with pytest.raises(SampleError, match=r"part-00000.parquet: holds fewer kept rows than the 2"):
         keys_of(ds)
+
+
+def test_a_kept_key_repeated_in_a_file_is_an_error(tmp_path) -> None:
+    root = tmp_path / "dup"
+    root.mkdir()
+    feats = Features({"__key__": Value("string"), "label": ClassLabel(names=NAMES)})
+    Dataset.from_dict({"__key__": ["a", "a", "b"], "label": [1, 1, 2]}, feats).to_parquet(str(root / "f.parquet"))
+    keep = KeepList.from_samples({"f.parquet": ["a", "b"]})
+    with pytest.raises(SampleError, match=r"key 'a' appears twice in shard 'f.parquet'"):
+        keys_of(load_pruned(str(root), keep, world=ONE))
