@@ -359,6 +359,12 @@ def test_import_reference_indices(index5: SourceIndex, tmp_path) -> None:
     torch.save(torch.tensor([12]), path)
     with pytest.raises(PrunerError, match="outside the 12 indexed samples"):
         import_indices(path, index5)
+    torch.save(torch.tensor([-1, 0]), path)
+    with pytest.raises(PrunerError, match="position -1 is negative"):
+        import_indices(path, index5, order=order)
+    torch.save(torch.tensor([True, False]), path)
+    with pytest.raises(PrunerError, match="a mask of 2 entries for 12 indexed samples"):
+        import_indices(path, index5)
 
 
 class Evil:

@@ -18,8 +18,9 @@ from ..keeplist import KeepList
 from .base import Made, SourceInfo, sample_keeplist
 
 
-def read_indices(path: str) -> np.ndarray:
-    """The sorted, unique positions a ``.indices`` file holds (an int tensor or list, or a bool mask)."""
+def read_indices(path: str) -> tuple[np.ndarray, int | None]:
+    """The sorted, unique, non-negative positions a ``.indices`` file holds (an int tensor or list,
+    or a bool mask), and the mask's length when it was a mask."""
     import fsspec
     import torch
 
@@ -38,14 +39,16 @@ def read_indices(path: str) -> np.ndarray:
     if not isinstance(obj, torch.Tensor) or obj.ndim != 1:
         raise PrunerError(f"{path}: expected a 1-D index tensor, found {type(obj).__name__}")
     if obj.dtype == torch.bool:
-        return np.flatnonzero(obj.numpy())
+        return np.flatnonzero(obj.numpy()), len(obj)
     if obj.is_floating_point() or obj.is_complex():
         raise PrunerError(f"{path}: index tensor has dtype {obj.dtype}, expected integers")
     arr = obj.to(torch.int64).numpy()
     uniq = np.unique(arr)
     if len(uniq) != len(arr):
         raise PrunerError(f"{path}: {len(arr) - len(uniq)} positions are listed more than once")
-    return uniq
+    if uniq.size and int(uniq[0]) < 0:
+        raise PrunerError(f"{path}: position {int(uniq[0])} is negative")
+    return uniq, None
 
 
 def import_indices(path: str, index: Any, *, order: Sequence[str] | None = None, encoding: str = "keys") -> KeepList:
@@ -53,14 +56,20 @@ def import_indices(path: str, index: Any, *, order: Sequence[str] | None = None,
 
     Positions count samples in index order (shards by name, samples in shard order), or, with
     `order`, in the order of that list of source keys (e.g. the reference code's file order)."""
-    pos = read_indices(path)
+    pos, mask_len = read_indices(path)
     src = SourceInfo.from_index(index)
     n = index.num_samples
+    if mask_len is not None and mask_len != n:
+        raise PrunerError(f"{path}: a mask of {mask_len} entries for {n} indexed samples")
     mask = np.zeros(n, dtype=bool)
     if order is not None:
         if len(order) != n:
             raise PrunerError(f"order lists {len(order)} keys, the index has {n} samples")
-        where = {k: i for i, k in enumerate(k for s in index.shard_names for k in index.keys(s))}
+        where: dict[str, int] = {}
+        for i, k in enumerate(k for s in index.shard_names for k in index.keys(s)):
+            if k in where:
+                raise PrunerError(f"key {k!r} is in several shards of the index; positions by key are ambiguous")
+            where[k] = i
         if pos.size and int(pos[-1]) >= len(order):
             raise PrunerError(f"{path}: position {int(pos[-1])} is beyond the {len(order)} keys of the order")
         try:
