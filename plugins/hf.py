@@ -256,7 +256,12 @@ def _stream(
     lf = rule.labels.label_field if rule.labels is not None else None
     names = dataset_classes if dataset_classes is not None else (class_names(features, lf) if lf else None)
     flt = SampleFilter(keep, label_field=lf, key_field=key_field, dataset_classes=names, on_error=on_error)
-    spec = ReadSpec(source.builder, features, rule, flt, masks, str(split), dict(storage_options or {}), batch_size)
+    sizes = None
+    if index is not None:
+        sizes = {r.name: n for r in refs if (n := index.shard(r.name).nbytes) is not None}
+    spec = ReadSpec(
+        source.builder, features, rule, flt, masks, str(split), dict(storage_options or {}), batch_size, sizes
+    )
     ws = (world or World.detect()).world_size
     per_rank_count(0, ws, uneven)
     if any(r.kept is None for r in refs) and (scan or (scan is None and ws > 1)):

@@ -53,6 +53,7 @@ class ReadSpec:
     split: str = "train"
     storage_options: dict[str, Any] = field(default_factory=dict)
     batch_size: int = BATCH
+    sizes: dict[str, int] | None = None  # bytes per file, from a source index
 
     @property
     def schema(self) -> pa.Schema:
@@ -89,11 +90,25 @@ def read_piece(spec: ReadSpec, ref: ShardRef, start: int = 0, stop: int | None =
     """Kept rows ``[start, stop)`` of file `ref`, undecoded, in `spec.schema`."""
     reader = {"parquet": _parquet, "webdataset": _tar}.get(spec.builder, _generic)
     try:
+        _check_size(spec, ref)
         yield from reader(spec, ref, start, stop)
     except (Dp4tlError, GeneratorExit):
         raise
     except (pa.ArrowException, OSError, tarfile.TarError, ValueError, EOFError) as exc:
         raise ShardError(f"{ref.url}: {_what(spec, exc)} ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_size(spec: ReadSpec, ref: ShardRef) -> None:
+    """With an index, a file whose size changed since indexing is refused (its rows moved)."""
+    expected = (spec.sizes or {}).get(ref.name)
+    if expected is None:
+        return
+    fs, path = fsspec.core.url_to_fs(ref.url, **spec.storage_options)
+    found = fs.size(path)
+    if found is not None and int(found) != expected:
+        raise IndexFileError(
+            f"{ref.url}: is {found} bytes, the index recorded {expected}; the file changed (re-index it)"
+        )
 
 
 def _what(spec: ReadSpec, exc: BaseException) -> str:
