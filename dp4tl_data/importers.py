@@ -116,6 +116,8 @@ def read_uids(path: str) -> np.ndarray:
             arr = np.load(f, allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise KeepListError(f"{path}: not a DataComp uid .npy ({exc})") from None
+    if not isinstance(arr, np.ndarray):
+        raise KeepListError(f"{path}: not a DataComp uid .npy (an archive of several arrays)")
     if arr.ndim != 1 or arr.dtype.names is None or len(arr.dtype.names) != 2:
         raise KeepListError(f"{path}: expected a 1-D array of (u8, u8) uid records, found {arr.dtype} {arr.shape}")
     if any(arr.dtype[n] != np.dtype("<u8") for n in arr.dtype.names):
@@ -259,11 +261,14 @@ def read_key_list(path: str) -> np.ndarray:
     """The keys of a text list (one key or path per line; blank lines and ``#`` comments
     skipped), as a sorted unique bytes array (compact: no Python set of a billion strings)."""
     keys = []
-    with fsspec.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line and not line.startswith("#"):
-                keys.append(to_key(line))
+    try:
+        with fsspec.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    keys.append(to_key(line))
+    except UnicodeDecodeError:
+        raise KeepListError(f"{path}: the key list is not UTF-8 text") from None
     if not keys:
         raise KeepListError(f"{path}: the key list is empty")
     return np.unique(np.array([k.encode() for k in keys]))

@@ -173,3 +173,20 @@ def test_exports_refuse_a_keeplist_for_another_dataset(sim, source, tmp_path):
     KeepList.from_masks(wrong).save(str(tmp_path / "wrong.json"))
     with pytest.raises(ForeignKeepListError, match="bitmap covers 1\\d\\d samples, the source has 1\\d\\d"):
         export_datacomp(str(tmp_path / "wrong.json"), source, str(tmp_path / "o.npy"))
+
+
+def test_undecodable_key_lists_and_uid_archives_are_clear_errors(tmp_path):
+    import numpy as np
+
+    from dp4tl_data import KeepListError
+    from dp4tl_data.importers import read_key_list, read_uids
+
+    bad = tmp_path / "keys.txt"
+    bad.write_bytes(b"ok\n\xff\xfe\n")
+    with pytest.raises(KeepListError, match="keys.txt: the key list is not UTF-8 text"):
+        read_key_list(str(bad))
+    npz = tmp_path / "uids.npy"
+    with open(npz, "wb") as f:
+        np.savez(f, a=np.zeros(2))
+    with pytest.raises(KeepListError, match="uids.npy: not a DataComp uid .npy"):
+        read_uids(str(npz))
