@@ -324,6 +324,8 @@ def read_wids_index(url: str, storage_options: dict[str, Any] | None = None) -> 
         kind = obj.get("__kind__") if isinstance(obj, dict) else None
         raise IndexFileError(f"{url}: not a wids shard index (__kind__ {kind!r}, expected {WIDS_KIND!r})")
     base = obj.get("base") or (url.rsplit("/", 1)[0] if "/" in url else "")
+    if not isinstance(base, str):
+        raise IndexFileError(f"{url}: wids shard index 'base' must be a string, found {type(base).__name__}")
     out: dict[str, dict[str, Any]] = {}
     for entry in obj["shardlist"]:
         if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
@@ -339,7 +341,9 @@ def read_wids_index(url: str, storage_options: dict[str, Any] | None = None) -> 
 def _check_wids(scanned: ScannedShard, url: str, entry: dict[str, Any]) -> None:
     for k, have in (("nsamples", scanned.shard.nsamples), ("filesize", scanned.shard.nbytes)):
         want = entry.get(k)
-        if want is not None and have is not None and int(want) != have:
+        if want is not None and (not isinstance(want, int) or isinstance(want, bool)):
+            raise IndexFileError(f"{url}: wids index {k} must be an int, found {want!r}")
+        if want is not None and have is not None and want != have:
             raise IndexFileError(f"{url}: wids index says {k} {want}, the shard has {have}")
 
 

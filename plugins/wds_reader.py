@@ -234,7 +234,9 @@ class IndexedShardReader:
         off = self.moff[j] - base
         name_b = self.mname_b[j]
         h = off - BLOCK
-        if name_b is not None and not (buf.startswith(name_b, h) and buf[h + len(name_b)] == 0):
+        if not (BLOCK <= off and off + self.msize[j] <= len(buf)) or (
+            name_b is not None and not (buf.startswith(name_b, h) and buf[h + len(name_b)] == 0)
+        ):
             raise IndexFileError(
                 f"{self.url}: shard {self.name!r} no longer matches its index at key {self.a['keys'][row]!r} "
                 f"(member {self.a['mname'][j]!r} not at byte {self.moff[j]}); re-index it"
