@@ -280,6 +280,8 @@ def main() -> None:
     p.add_argument("--json", default=None, help="Also write the figures to this JSON file.")
     p.add_argument("--tmp", default=None, help="Scratch folder (default: a temporary one).")
     args = p.parse_args()
+    if args.tmp:
+        os.makedirs(args.tmp, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=args.tmp)
     try:
         res = {"keeplist": bench_keeplist(args, tmp)}
