@@ -17,6 +17,7 @@ from ..errors import Dp4tlError
 
 # command name -> "module:attribute"; a later issue adds its command here, nothing else
 COMMANDS: dict[str, str] = {
+    "combine": "dp4tl_data.cli.combine:combine",
     "demo": "dp4tl_data.cli.demo:demo",
     "features": "dp4tl_data.cli.features:features",
     "index": "dp4tl_data.cli.index:index",
