@@ -36,15 +36,20 @@ def plot_votes(keep: KeepList, path: str) -> None:
         list(names) if isinstance(names, list) and len(names) == len(votes) else [str(i) for i in range(len(votes))]
     )
     order = np.lexsort((np.arange(len(votes)), ~kept, -votes))
-    fig, ax = plt.subplots(figsize=(max(6.0, min(24.0, 0.16 * len(votes) + 2)), 4.0))
+    many = len(votes) > 100
+    fig, ax = plt.subplots(figsize=(10.0 if many else max(6.0, 0.16 * len(votes) + 2), 4.0))
     ax.bar(
         np.arange(len(votes)), votes[order], color=[KEPT_COLOR if kept[i] else PRUNED_COLOR for i in order], width=0.85
     )
-    if len(votes) <= 100:
+    if not many:
         ax.set_xticks(np.arange(len(votes)))
         ax.set_xticklabels([labels[i] for i in order], rotation=90, fontsize=6)
-    else:
-        ax.set_xlabel("classes, by score")
+    else:  # bars too thin to name: mark where the kept classes end, name the top few
+        ax.axvline(int(kept.sum()) - 0.5, color=KEPT_COLOR, linestyle="--", linewidth=1)
+        ax.set_xlabel("classes, by score (dashed: last kept class)")
+        for x, i in enumerate(order[:5]):
+            if votes[i] > 0:
+                ax.annotate(labels[i], (x, votes[i]), xytext=(8, -4 - 9 * x), textcoords="offset points", fontsize=7)
     unit = scores.get("unit", "classes")
     method = keep.provenance.get("method") or "pruner"
     ratio = keep.provenance.get("ratio")
