@@ -89,6 +89,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     assert "at least two" in res.output
     res = run("combine", "union", a, str(tmp_path / "missing.json"), "-o", out, ok=False)
     assert "missing.json" in res.output and len(res.output.strip().splitlines()) == 1
+    res = run("combine", "union", a, b, "-o", a, ok=False)
+    assert "one of the inputs" in res.output
     res = run("combine", "xor", a, b, "-o", out, ok=False)
     assert "xor" in res.output
     assert not (tmp_path / "out.json").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import os
 
 import click
 
@@ -43,6 +44,8 @@ def combine(op: str, keeplists: tuple[str, ...], output: str, index_url: str | N
     """
     if len(keeplists) < 2:
         raise click.UsageError("give at least two keep-lists")
+    if _same_place(output, keeplists):
+        raise click.UsageError(f"-o {output} is one of the inputs (their payloads are read lazily); write elsewhere")
     lists = [KeepList.load(url) for url in keeplists]
     if index_url is not None:
         from ..index import SourceIndex
@@ -57,3 +60,10 @@ def combine(op: str, keeplists: tuple[str, ...], output: str, index_url: str | N
         f"{st[k]} {k.split('_')[0]}" for k in ("classes_kept", "shards_kept", "samples_kept") if st.get(k) is not None
     )
     click.echo(f"{op} of {len(lists)} lists: {counts or 'nothing kept'} -> {output}")
+
+
+def _same_place(output: str, inputs: tuple[str, ...]) -> bool:
+    def norm(url: str) -> str:
+        return os.path.abspath(url) if "://" not in url else url
+
+    return norm(output) in {norm(u) for u in inputs}
