@@ -17,6 +17,7 @@ from dp4tl_data.pruners.combine import combine_votes, intersection, union
 from dp4tl_data.pruners.fm import cluster_votes
 from dp4tl_data.pruners.importers import import_indices
 from dp4tl_data.pruners.plots import plot_votes
+from dp4tl_data.pruners.votes import ROWS
 
 NAMES = ["zero", "one", "two", "three", "four"]
 
@@ -135,6 +136,33 @@ def test_vote_counter_accepts_predictions_and_torch() -> None:
     assert math.isclose(float(v.soft.sum()), 1.0, rel_tol=1e-6)  # only the logits batch adds soft mass
     with pytest.raises(PrunerError, match="not a class id"):
         c.add_predictions(np.array([4]))
+
+
+@pytest.mark.parametrize("n", [1, ROWS, ROWS + 7, 3 * ROWS - 1])
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_soft_votes_equal_float64_softmax_across_blocks(n: int, temperature: float) -> None:
+    logits = torch.randn(n, 50, generator=torch.Generator().manual_seed(n)) * 6
+    before = logits.clone()
+    c = VoteCounter(50)
+    c.add_logits(logits, temperature=temperature)
+    v = c.votes()
+    assert torch.equal(logits, before)  # the caller's outputs are not touched
+    want = torch.softmax(logits.double() / temperature, dim=1).sum(dim=0).numpy()
+    np.testing.assert_allclose(v.soft, want, rtol=1e-5, atol=1e-7)
+    assert v.hard.tolist() == np.bincount(logits.numpy().argmax(axis=1), minlength=50).tolist()
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_logit_in_a_later_block_names_its_row(bad: float) -> None:
+    logits = np.zeros((ROWS + 10, 4), dtype=np.float32)
+    logits[:, 0] = -np.inf if bad != float("-inf") else 0.0  # -inf beside finite values is a valid logit
+    for soft in (True, False):
+        VoteCounter(4, soft=soft).add_logits(logits)  # valid so far
+    logits[ROWS + 3, :] = bad
+    for soft in (True, False):
+        c = VoteCounter(4, where="target t", soft=soft)
+        with pytest.raises(PrunerError, match=f"target t: model outputs hold NaN or inf \\(first at row {ROWS + 3}\\)"):
+            c.add_logits(logits)
 
 
 @pytest.mark.parametrize("ratio", [1.0, -0.1, 1.5, float("nan"), float("inf")])

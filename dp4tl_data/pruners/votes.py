@@ -111,20 +111,22 @@ class VoteCounter:
         if len(x) == 0:
             return
         x = x.float().cpu()
-        # a NaN or inf logit makes its row's softmax NaN, and its row sum non-finite
-        check = (
-            torch.softmax(x if temperature == 1.0 else x / temperature, dim=1).sum(dim=0)
-            if self.soft_votes
-            else x.sum(dim=1)
-        )
-        if not bool(torch.isfinite(check).all()):
-            bad = ~torch.isfinite(x).all(dim=1)
+        if self.soft_votes:
+            pred, prob_sums = _argmax_and_prob_sums(x, temperature)
+            finite = bool(torch.isfinite(prob_sums).all())
+        else:
+            pred, prob_sums = None, None
+            finite = bool(torch.isfinite(x.sum(dim=1)).all())
+        # a NaN or +inf logit, or a row of only -inf, makes the row's softmax NaN
+        if not finite:
+            bad = torch.isnan(x).any(dim=1) | torch.isposinf(x).any(dim=1) | torch.isneginf(x).all(dim=1)
             if bool(bad.any()):
                 raise PrunerError(
                     f"{self.where}: model outputs hold NaN or inf (first at row {self.n + int(bad.nonzero()[0, 0])})"
                 )
-        pred = x.numpy().argmax(axis=1)  # numpy's argmax is SIMD, several times torch's on the CPU
-        self.add_predictions(pred, check.double().numpy() if self.soft_votes else None)
+        if pred is None:
+            pred = x.numpy().argmax(axis=1)  # numpy's argmax is SIMD, several times torch's on the CPU
+        self.add_predictions(pred, prob_sums.numpy() if prob_sums is not None else None)
 
     def add_predictions(self, predictions: Any, prob_sums: np.ndarray | None = None) -> None:
         """Count hard predictions (class ids); `prob_sums` adds to the soft votes."""
@@ -148,6 +150,29 @@ class VoteCounter:
         if self.n == 0:
             raise PrunerError(f"{self.where}: the target has no samples, nothing voted")
         return Votes(self.hard.copy(), self.soft.copy(), self.n)
+
+
+ROWS = 1024  # rows per block: a block of 1000-class logits stays in the CPU cache
+
+
+def _argmax_and_prob_sums(x: Any, temperature: float) -> tuple[np.ndarray, Any]:
+    """Argmax per row and column sums of softmax(x / temperature) (float64), computed block by
+    block in one reused buffer, so the exp works in cache and the caller's tensor is untouched."""
+    import torch
+
+    n, c = x.shape
+    pred = np.empty(n, dtype=np.int64)
+    sums = torch.zeros(c, dtype=torch.float64)
+    buf = torch.empty((min(ROWS, n), c), dtype=torch.float32)
+    for i in range(0, n, ROWS):
+        b = buf[: min(ROWS, n - i)]
+        b.copy_(x[i : i + ROWS])
+        pred[i : i + len(b)] = b.numpy().argmax(axis=1)
+        if temperature != 1.0:
+            b.div_(temperature)
+        b.sub_(b.amax(dim=1, keepdim=True)).exp_()
+        sums += torch.mv(b.T, b.sum(dim=1).reciprocal_()).double()
+    return pred, sums
 
 
 def count_votes(batches: Iterable[Any], num_classes: int, *, where: str = "target", soft: bool = True) -> Votes:
