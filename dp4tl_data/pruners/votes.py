@@ -152,7 +152,7 @@ class VoteCounter:
         return Votes(self.hard.copy(), self.soft.copy(), self.n)
 
 
-ROWS = 1024  # rows per block: a block of 1000-class logits stays in the CPU cache
+ROWS = 4096  # rows per block: a block of 1000-class logits (16 MB) stays in the last-level cache
 
 
 def _argmax_and_prob_sums(x: Any, temperature: float) -> tuple[np.ndarray, Any]:
@@ -167,10 +167,14 @@ def _argmax_and_prob_sums(x: Any, temperature: float) -> tuple[np.ndarray, Any]:
     for i in range(0, n, ROWS):
         b = buf[: min(ROWS, n - i)]
         b.copy_(x[i : i + ROWS])
-        pred[i : i + len(b)] = b.numpy().argmax(axis=1)
+        rows = b.numpy()
+        p = rows.argmax(axis=1)
+        pred[i : i + len(b)] = p
+        top = torch.from_numpy(rows[np.arange(len(p)), p])[:, None]  # the row max, without another pass
         if temperature != 1.0:
             b.div_(temperature)
-        b.sub_(b.amax(dim=1, keepdim=True)).exp_()
+            top = top / temperature
+        b.sub_(top).exp_()
         sums += torch.mv(b.T, b.sum(dim=1).reciprocal_()).double()
     return pred, sums
 
