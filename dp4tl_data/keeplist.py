@@ -120,21 +120,7 @@ class ClassLevel:
     def matcher(self, dataset_classes: Sequence[str] | None = None) -> Callable[[object], bool]:
         """A predicate on a sample's label value: an int id, or a str name (e.g. an ImageNet synset)."""
         ids = self.resolve(dataset_classes) if dataset_classes is not None or not self.name_set else self.id_set
-        names = self.name_set
-
-        def keeps(label: object) -> bool:
-            if type(label) is int:
-                return label in ids
-            if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
-                return int(label) in ids
-            if isinstance(label, str):
-                return label in names
-            if isinstance(label, bytes):
-                text = label.decode("utf-8", "replace").strip()
-                return int(text) in ids if text.lstrip("-").isdigit() else text in names
-            raise KeepListError(f"label {label!r} is neither an int id nor a str name")
-
-        return keeps
+        return LabelMatcher(ids, self.name_set)
 
     def combine(self, other: ClassLevel, op: str) -> ClassLevel:
         if self.label_field != other.label_field:
@@ -175,6 +161,27 @@ class ClassLevel:
             return cls(obj["label_field"], tuple(ids), tuple(names))
         except KeepListError as exc:
             raise KeepListError(f"{where}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class LabelMatcher:
+    """Whether a label value is kept: ints against `ids`, strs against `names`. A plain object,
+    so that it pickles into spawned DataLoader workers."""
+
+    ids: frozenset[int]
+    names: frozenset[str]
+
+    def __call__(self, label: object) -> bool:
+        if type(label) is int:
+            return label in self.ids
+        if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
+            return int(label) in self.ids
+        if isinstance(label, str):
+            return label in self.names
+        if isinstance(label, bytes):
+            text = label.decode("utf-8", "replace").strip()
+            return int(text) in self.ids if text.lstrip("-").isdigit() else text in self.names
+        raise KeepListError(f"label {label!r} is neither an int id nor a str name")
 
 
 def _sorted_classes(level: ClassLevel) -> ClassLevel:

@@ -189,6 +189,8 @@ def _iterable_class() -> type:
     class PrunedIterableDataset(PrunedIterable, IterableDataset):  # type: ignore[misc]
         """PrunedIterable that a torch DataLoader runs in iterable mode, split over its workers."""
 
+    # pickled by reference to this module's attribute below: spawn/forkserver workers need that
+    PrunedIterableDataset.__qualname__ = "PrunedIterableDataset"
     return PrunedIterableDataset
 
 

@@ -173,12 +173,13 @@ def test_map_shuffle_filter_decode_still_work(tars: ShardSet) -> None:
     assert isinstance(raw["jpg"]["bytes"], bytes)
 
 
-def test_dataloader_workers_read_every_kept_row_once(tars: ShardSet) -> None:
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_dataloader_workers_read_every_kept_row_once(tars: ShardSet, start: str) -> None:
     from torch.utils.data import DataLoader
 
     keep = KeepList.from_classes([5, 6], label_field="cls")
     ds = load_pruned(tars.root, keep, world=ONE).remove_columns(["jpg", "json"])
-    loader = DataLoader(ds, batch_size=4, num_workers=2)
+    loader = DataLoader(ds, batch_size=4, num_workers=2, multiprocessing_context=start)
     seen = [k for batch in loader for k in batch["__key__"]]
     assert sorted(seen) == sorted(tars.keys({5, 6}))
 

@@ -316,3 +316,15 @@ def test_a_key_repeated_in_the_source_is_not_silent():
     samples = [{"__key__": k, "label": 1} for k in ("a", "b", "a", "c")]
     with pytest.raises(SampleError, match="a key appears more than once"):
         list(PrunedStream(samples, KeepList.from_samples({"s.tar": ["a", "c"]})))
+
+
+@pytest.mark.parametrize("source", ["map", "iterable"])
+def test_spawned_workers_keep_the_context_and_the_exact_set(source):
+    """A DataLoader whose workers start with spawn keeps that context when rebuilt, and its
+    workers (which unpickle the pruned dataset) deliver exactly the kept set."""
+    dataset = Items() if source == "map" else Stream()
+    loader = DataLoader(dataset, batch_size=5, num_workers=2, multiprocessing_context="spawn")
+    pruned = PrunedStream(loader, KEEP)
+    assert pruned.multiprocessing_context is not None
+    assert pruned.multiprocessing_context.get_start_method() == "spawn"
+    assert Counter(keys_of(pruned)) == Counter(EXPECTED)

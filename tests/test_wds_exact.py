@@ -160,3 +160,13 @@ def test_stage_in_own_pipeline(data):
     assert sorted(k for k, _ in DataLoader(pipe, batch_size=None, num_workers=2)) == sorted(expected)
     first = wds.DataPipeline(pruned_samples(class_keep(), index=idx), wds.to_tuple("__key__"))
     assert sorted(k for (k,) in first) == sorted(expected)
+
+
+@pytest.mark.parametrize("use_index", [True, False])
+def test_spawned_workers_exact_set(data, use_index):
+    """Workers started with spawn (macOS's default; CUDA jobs use it) rebuild the stream from
+    its pickled state: the same exact kept set."""
+    shards, _, url = data
+    ds = PrunedStream(shards.paths, class_keep(), index=url if use_index else None)
+    got = keys(DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn"))
+    assert sorted(got) == sorted(shards.keys(KEEP_CLASSES))
