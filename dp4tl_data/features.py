@@ -216,26 +216,9 @@ def batches(
 
 
 def _chunk_dataset(shards: Sequence[Shard], preprocess: Any, chunk: int) -> Any:
-    from torch.utils.data import IterableDataset, get_worker_info
+    from ._chunks import Chunks
 
-    class Chunks(IterableDataset):  # type: ignore[type-arg]
-        """Per-shard chunks of decoded images; DataLoader workers take whole shards round-robin."""
-
-        def __iter__(self) -> Iterator[tuple[str, list[str], np.ndarray, bool]]:
-            info = get_worker_info()
-            mine = shards if info is None else shards[info.id :: info.num_workers]
-            for sh in mine:
-                keys: list[str] = []
-                xs: list[np.ndarray] = []
-                for s in shard_samples(sh):
-                    keys.append(str(s["__key__"]))
-                    xs.append(preprocess.array(image_of(s)))
-                    if len(xs) == chunk:
-                        yield sh.name, keys, np.stack(xs), False
-                        keys, xs = [], []
-                yield sh.name, keys, np.stack(xs) if xs else np.zeros((0, 1, 1, 1), np.float32), True
-
-    return Chunks()
+    return Chunks(shards, preprocess, chunk)
 
 
 def run_model(

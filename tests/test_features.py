@@ -111,3 +111,21 @@ def test_aligned_reorders_by_key_and_names_missing(digits, tmp_path) -> None:
         store.read("src-0001.tar", "logits")
     with pytest.raises(FeatureError, match="not a features folder"):
         FeatureStore.open(str(tmp_path))
+
+
+def test_model_input_chunks_work_in_spawned_workers(digits) -> None:
+    """The dataset run_model feeds its DataLoader pickles into spawn/forkserver workers
+    (forkserver is Python 3.14's default on Linux) and they read every key once."""
+    from torch.utils.data import DataLoader
+
+    from dp4tl_data.features import _chunk_dataset
+
+    root, paths, idx = digits
+    spec = resolve(os.path.join(root, "src-*.tar"))
+    chunks = _chunk_dataset(spec.shards, Preprocess(), 64)
+    loader = DataLoader(chunks, batch_size=None, num_workers=2, multiprocessing_context="spawn")
+    got: dict[str, list[str]] = {}
+    for name, keys, x, _last in loader:
+        got.setdefault(name, []).extend(keys)
+        assert x.shape[0] == len(keys)
+    assert got == {n: idx.keys(n) for n in idx.shard_names}
