@@ -96,13 +96,16 @@ def test_resume_through_batched_pipeline(data):
     assert head + [k for b in again for k in b[0]] == full
 
 
-@pytest.mark.parametrize("num_workers", [0, 2, 4])
-def test_resume_through_dataloader_workers(data, num_workers):
+@pytest.mark.parametrize("num_workers, start", [(0, None), (2, None), (4, None), (2, "spawn")])
+def test_resume_through_dataloader_workers(data, num_workers, start):
     shards, idx, url = data
 
     def make():
         src = wds.WebDataset(shards.paths, shardshuffle=False).to_tuple("__key__", "cls")
-        return PrunedStream(DataLoader(src, batch_size=8, num_workers=num_workers), KEEP, index=url, **SHUFFLED)
+        loader = DataLoader(src, batch_size=8, num_workers=num_workers, multiprocessing_context=start)
+        pruned = PrunedStream(loader, KEEP, index=url, **SHUFFLED)
+        assert pruned.multiprocessing_context is loader.multiprocessing_context
+        return pruned
 
     reference = [k for b in make() for k in b[0]]  # batches in the rank's order, any worker count
     loader = make()
