@@ -107,6 +107,9 @@ def get_registry() -> Registry:
             try:
                 ep.load()(reg)
                 reg.loaded.append(ep.name)
+            except ImportError as exc:  # an optional dependency that is not installed: expected
+                reg.failed[ep.name] = f"{type(exc).__name__}: {exc}"
+                log.debug("plugin %s not loaded: %s", ep.name, exc)
             except Exception as exc:  # a broken third-party plugin must not break the others
                 reg.failed[ep.name] = f"{type(exc).__name__}: {exc}"
                 log.warning("plugin %s failed to load: %s", ep.name, exc)

