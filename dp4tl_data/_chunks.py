@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .features import image_of, shard_samples
+
 
 class Chunks(IterableDataset):  # type: ignore[type-arg]
     """Per-shard chunks of decoded images; DataLoader workers take whole shards round-robin."""
@@ -19,8 +21,6 @@ class Chunks(IterableDataset):  # type: ignore[type-arg]
         self.shards, self.preprocess, self.chunk = list(shards), preprocess, chunk
 
     def __iter__(self) -> Iterator[tuple[str, list[str], np.ndarray, bool]]:
-        from .features import image_of, shard_samples
-
         info = get_worker_info()
         mine = self.shards if info is None else self.shards[info.id :: info.num_workers]
         for sh in mine:

@@ -59,16 +59,16 @@ def _sibling(url: str, name: str) -> str:
 
 
 def save_keeplist(keep: KeepList, url: str, **storage_options: Any) -> str:
-    shards = None
+    shards, rows = None, None
     if keep.shards is not None:
         table = ShardTableWriter(url, **storage_options)
         for name in sorted(keep.shards):
-            e = keep.shards[name]
-            raw = e.payload()
-            table.add(name, e.encoding, e.kept, e.total, compress(raw) if e.encoding != "all" else b"", sha256(raw))
-        shards = table.finish()
+            table.add(keep.shards[name])
+        shards, rows = table.finish(), table.rows
     classes = keep.classes.to_json() if keep.classes is not None else None
-    return write_manifest(url, keep.fingerprint, classes, shards, keep.provenance, keep.scores, **storage_options)
+    # each payload is read and hashed once, here; the fingerprint follows from the table rows
+    fingerprint = content_fingerprint(classes, rows)
+    return write_manifest(url, fingerprint, classes, shards, keep.provenance, keep.scores, **storage_options)
 
 
 _TABLE_SCHEMA = pa.schema(
@@ -98,16 +98,20 @@ class ShardTableWriter:
         self._cols: dict[str, list[Any]] = {c: [] for c in _TABLE_COLUMNS}
         self._offset = 0
         self._out = fsspec.open(_sibling(url, self.payload_name), "wb", **storage_options).open()
+        self.rows: list[tuple[str, str, int | None, bytes]] = []  # `content_fingerprint` rows so far
 
-    def add(self, name: str, encoding: str, kept: int | None, total: int | None, blob: bytes, digest: bytes) -> None:
-        """Append one shard's compressed payload (``b""`` for ``all``) and its row; `digest` is the
-        sha256 of the uncompressed payload."""
+    def add(self, entry: ShardEntry) -> None:
+        """Append one shard: its compressed payload (nothing for ``all``) and its table row. The
+        payload is read once; its sha256 goes to the table and to `rows`."""
+        raw = entry.payload()
+        blob = compress(raw) if entry.encoding != "all" else b""
+        digest = sha256(raw)
         self._out.write(blob)
         for c, v in (
-            ("name", name),
-            ("encoding", encoding),
-            ("kept", -1 if kept is None else kept),
-            ("total", -1 if total is None else total),
+            ("name", entry.name),
+            ("encoding", entry.encoding),
+            ("kept", -1 if entry.kept is None else entry.kept),
+            ("total", -1 if entry.total is None else entry.total),
             ("offset", self._offset),
             ("length", len(blob)),
             ("crc32", zlib.crc32(blob)),
@@ -115,6 +119,7 @@ class ShardTableWriter:
         ):
             self._cols[c].append(v)
         self._offset += len(blob)
+        self.rows.append((entry.name, entry.encoding, entry.kept, digest))
 
     def finish(self) -> dict[str, Any]:
         """Close the payload, write the table sorted by name; returns the manifest's ``shards``."""

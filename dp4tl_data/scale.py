@@ -9,7 +9,6 @@ says what that costs in samples and saves in bytes read, for a list of threshold
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import numpy as np
 
 from ._keeplist_io import ShardTableWriter, write_manifest
 from .errors import KeepListError, PrunerError
-from .keeplist import KeepList, ShardEntry, compress, content_fingerprint
+from .keeplist import KeepList, ShardEntry, content_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,6 @@ class KeepListWriter:
         self.provenance = dict(provenance or {})
         self._scores = scores
         self._table = ShardTableWriter(url, **self._so)
-        self._rows: list[tuple[str, str, int | None, bytes]] = []
         self._names: set[str] = set()
         self.shards_seen = 0
         self.samples_seen: int | None = 0
@@ -94,18 +92,14 @@ class KeepListWriter:
         self.samples_seen = None if total is None or self.samples_seen is None else self.samples_seen + total
 
     def _add(self, entry: ShardEntry) -> int:
-        raw = entry.payload()
-        blob = compress(raw) if entry.encoding != "all" else b""
-        digest = hashlib.sha256(raw).digest()
-        self._table.add(entry.name, entry.encoding, entry.kept, entry.total, blob, digest)
-        self._rows.append((entry.name, entry.encoding, entry.kept, digest))
+        self._table.add(entry)
         self.samples_kept += entry.kept or 0
         return entry.kept or 0
 
     @property
     def fingerprint(self) -> str:
         """`KeepList.fingerprint` of what was added so far (same definition, same value)."""
-        return content_fingerprint(None, self._rows)
+        return content_fingerprint(None, self._table.rows)
 
     def close(self) -> str:
         """Write the shard table and the manifest; returns the keep-list URL."""

@@ -99,3 +99,11 @@ def test_missing_optional_dependency_is_one_line_naming_the_extra(runner, tmp_pa
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert "braceexpand is not installed; pip install 'dp4tl-data[webdataset]'" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_missing_extra_message_names_the_extra_or_says_install_it():
+    from dp4tl_data.errors import missing_extra
+
+    assert missing_extra("faiss.contrib") == "faiss is not installed; pip install 'dp4tl-data[pruners]'"
+    assert missing_extra("yaml", "laion") == "yaml is not installed; pip install 'dp4tl-data[laion]'"
+    assert missing_extra("some_private_lib") == "some_private_lib is not installed; install it"

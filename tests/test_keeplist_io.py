@@ -272,20 +272,12 @@ def test_payload_must_match_its_sha256(tmp_path):
     off, length = int(e._off[0]), int(e._len[0])
     (tmp_path / "keep.samples.bin").write_bytes(data[:off] + blob + data[off + length :])
 
-    def edit(cols):
+    def edit(cols):  # offsets and checksums follow the swapped payload; its sha256 does not
         cols["length"][0] = len(blob)
         cols["crc32"][0] = zlib.crc32(blob)
         cols["offset"][1] = off + len(blob)
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from dp4tl_data._keeplist_io import _TABLE_SCHEMA
-
-    tpath = str(tmp_path / "keep.shards.parquet")
-    cols = pq.read_table(tpath).to_pydict()
-    edit(cols)
-    pq.write_table(pa.table(cols, schema=_TABLE_SCHEMA), tpath)
+    _rewrite_table(tmp_path, url, edit)
     with pytest.raises(KeepListError, match="payload of shard 'train/a.tar' does not match its sha256"):
         KeepList.load(url).shard("train/a.tar").keys()
 

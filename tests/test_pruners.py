@@ -421,3 +421,15 @@ def test_plot_votes_writes_png(index5: SourceIndex, tmp_path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
     with pytest.raises(Exception, match="no per-class vote scores"):
         plot_votes(KeepList.from_classes([1]), str(tmp_path / "x.png"))
+
+
+def test_plot_votes_for_a_thousand_classes_stays_readable(tmp_path) -> None:
+    source = SourceInfo(num_classes=1000, names=tuple(f"n{i:08d}" for i in range(1000)))
+    logits = np.zeros((30, 1000), dtype=np.float32)
+    logits[np.arange(30), np.arange(30) * 7] = 5.0
+    out = lm(PruneRequest(source, ratios=[0.9], targets=[Target("t", logits=lambda: [logits])]))
+    path = tmp_path / "votes.png"
+    plot_votes(out[0.9], str(path))
+    png = path.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(png[16:20], "big") == 1200  # a 10-inch figure at 120 dpi, not one bar-width per class

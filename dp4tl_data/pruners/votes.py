@@ -114,8 +114,8 @@ class VoteCounter:
         if self.soft_votes:
             pred, prob_sums = _argmax_and_prob_sums(x, temperature)
             finite = bool(torch.isfinite(prob_sums).all())
-        else:
-            pred, prob_sums = None, None
+        else:  # numpy's argmax is SIMD, several times torch's on the CPU
+            pred, prob_sums = x.numpy().argmax(axis=1), None
             finite = bool(torch.isfinite(x.sum(dim=1)).all())
         # a NaN or +inf logit, or a row of only -inf, makes the row's softmax NaN
         if not finite:
@@ -124,8 +124,6 @@ class VoteCounter:
                 raise PrunerError(
                     f"{self.where}: model outputs hold NaN or inf (first at row {self.n + int(bad.nonzero()[0, 0])})"
                 )
-        if pred is None:
-            pred = x.numpy().argmax(axis=1)  # numpy's argmax is SIMD, several times torch's on the CPU
         self.add_predictions(pred, prob_sums.numpy() if prob_sums is not None else None)
 
     def add_predictions(self, predictions: Any, prob_sums: np.ndarray | None = None) -> None:

@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,19 +78,22 @@ def logits(
             yield model(preprocess(images[i : i + batch], size, invert)).numpy()
 
 
-def check_on_imagefolder(keep: KeepList, synsets: list[str]) -> tuple[int, int]:
-    """Apply `keep` to an ImageFolder laid out like ImageNet's train folder (one tiny image per
-    synset folder); returns (images delivered, classes kept) after checking they are the kept synsets."""
+def synset_folder(root: str, synsets: list[str]) -> Any:
+    """An ImageFolder laid out like ImageNet's train folder: one tiny image per synset folder."""
     from PIL import Image
     from torchvision.datasets import ImageFolder
 
-    with tempfile.TemporaryDirectory() as root:
-        for s in synsets:
-            os.makedirs(os.path.join(root, s))
-            Image.new("L", (4, 4)).save(os.path.join(root, s, f"{s}_1.png"))
-        folder = ImageFolder(root)
-        stream = PrunedStream(folder, keep)
-        got = {folder.classes[label] for _, label in stream}
+    for s in synsets:
+        os.makedirs(os.path.join(root, s))
+        Image.new("L", (4, 4)).save(os.path.join(root, s, f"{s}_1.png"))
+    return ImageFolder(root)
+
+
+def check_on_imagefolder(keep: KeepList, folder: Any) -> tuple[int, int]:
+    """Apply `keep` to `folder`; returns (images delivered, classes kept) after checking that
+    the images delivered are exactly those of the kept synsets."""
+    stream = PrunedStream(folder, keep)
+    got = {folder.classes[label] for _, label in stream}
     assert keep.classes is not None
     want = set(keep.classes.names)
     if got != want or len(stream) != len(want):
@@ -157,13 +162,15 @@ def main() -> None:
         + " | most voted |",
     ]
     lines.append("| --- | --- | --- | --- |")
+    folder_root = tempfile.mkdtemp(prefix="dp4tl-synsets-")
+    folder = synset_folder(folder_root, synsets)  # built once, every list applied to it
     for name in [*names, "+".join(names)] if len(names) > 1 else names:
         tg = [Target(p, logits=functools.partial(list, [per_target[p]])) for p in name.split("+")]
         lists = label_mapping(PruneRequest(source, ratios=ratios, targets=tg, model_id="efficientnet-lite0"))
         kept_counts = []
         for ratio, keep in sorted(lists.items()):
             path = keep.save(os.path.join(args.out, f"keep_{name}_{ratio:g}.json"))
-            delivered, nkept = check_on_imagefolder(keep, synsets)
+            delivered, nkept = check_on_imagefolder(keep, folder)
             print(f"{name} ratio {ratio:g}: {nkept} synsets kept -> {path}; ImageFolder: {delivered} of 1000 images")
             kept_counts.append(str(nkept))
         last = lists[max(lists)]
@@ -172,6 +179,7 @@ def main() -> None:
         most = ", ".join(f"{lemmas[i]} ({votes[i]:.3g})" for i in top)
         lines.append(f"| {name} | {int((votes > 0).sum())} | {' / '.join(kept_counts)} | {most} |")
         plot_votes(last, os.path.join(args.out, f"votes_{name}.png"))
+    shutil.rmtree(folder_root)
     lines += [
         "",
         "Classes without a vote are ordered by summed softmax probability (the tie-break), so the kept set "
